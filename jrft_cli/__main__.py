@@ -1,0 +1,63 @@
+"""`jrft <command> ...`: a thin dispatcher; each command lives in its own small module.
+
+A command module exposes `main(argv: list[str]) -> int | None` and a one-line `HELP`.
+Modules are imported lazily so `jrft --help` stays fast and one command's heavy imports
+(torch, transformers) never slow another.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+# command name -> module path
+COMMANDS: dict[str, str] = {
+    "train": "jrft_cli.commands.train",
+    "eval": "jrft_cli.commands.eval",
+    "predict": "jrft_cli.commands.predict",
+    "export": "jrft_cli.commands.export",
+    "table": "jrft_cli.commands.table",
+    "bench": "jrft_cli.commands.bench",
+    "dp-noise": "jrft_cli.commands.dp_noise",
+}
+
+
+def _available() -> dict[str, str]:
+    """Commands whose module exists in this build (later issues add some)."""
+    out = {}
+    for name, mod in COMMANDS.items():
+        if importlib.util.find_spec(mod) is not None:
+            out[name] = mod
+    return out
+
+
+def usage() -> str:
+    lines = ["usage: jrft <command> [args...]", "", "commands:"]
+    for name, mod in _available().items():
+        help_line = getattr(importlib.import_module(mod), "HELP", "")
+        lines.append(f"  {name:<10} {help_line}")
+    lines += ["", "`jrft <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from jrft_cli import __version__
+
+        print(f"jrft {__version__}")
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    commands = _available()
+    if cmd not in commands:
+        print(f"jrft: unknown command {cmd!r}; choose one of: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    rc = importlib.import_module(commands[cmd]).main(rest)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
