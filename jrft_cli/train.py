@@ -1,0 +1,184 @@
+"""One training run: translate the composed config into plain arguments and wire the pieces.
+
+Nothing below this module knows about Hydra or OmegaConf.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+import torch
+
+from jrft_cli import __version__
+from jrft_cli.data import encode, load_split, make_collate
+from jrft_cli.errors import JrftError
+from jrft_cli.loop import LoopConfig, TaskInfo, Trainer, resolve_device
+from jrft_cli.methods import METHODS, SMALL_STATE_METHODS, apply_method
+from jrft_cli.modeling import SequenceClassifier, count_parameters, model_id, resolve_model_name
+from jrft_cli.results import CONFIG_FILE, RESULTS_FILE, MetricsWriter, save_trainable, write_json_atomic
+
+JR_METHODS = ("jr", "jr_warp")
+# Keys of a method config that are not options of its apply() step.
+_NOT_OPTIONS = ("name", "lr", "head", "dropout")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Fail fast, before anything is loaded, with one line naming the bad value and the choices."""
+    method = cfg["method"]["name"]
+    if method not in METHODS:
+        raise JrftError(f"method={method!r} is not valid; choose one of {', '.join(METHODS)}")
+    if method in JR_METHODS:
+        d = cfg["method"].get("d")
+        if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
+            raise JrftError(f"d={d!r} is not valid; d must be a positive integer (e.g. d=1024)")
+    t = cfg["train"]
+    for key in ("batch_size", "grad_accum"):
+        if not isinstance(t[key], int) or t[key] <= 0:
+            raise JrftError(f"train.{key}={t[key]!r} is not valid; it must be a positive integer")
+    if t["max_steps"] <= 0 and not t["epochs"] > 0:
+        raise JrftError(f"train.epochs={t['epochs']!r} is not valid; it must be > 0 (or set train.max_steps > 0)")
+    lr = t["lr"] if t["lr"] is not None else cfg["method"]["lr"]
+    if not lr or lr <= 0:
+        raise JrftError(f"train.lr={lr!r} is not valid; it must be > 0 (null = the method's default)")
+
+
+def method_label(cfg: dict[str, Any]) -> str:
+    """Short row label for tables: `jr d=4096`, `lora r=1`, `full`."""
+    m = cfg["method"]
+    name = m["name"]
+    if name in JR_METHODS:
+        extra = [f"d={m['d']}"]
+        if name == "jr" and m.get("position", "output") != "output":
+            extra.append(m["position"])
+        if m.get("projection", "dense") != "dense":
+            extra.append(m["projection"])
+        return f"{name} " + " ".join(extra)
+    if name == "lora":
+        return f"lora r={m['r']}"
+    return name
+
+
+def build_model(cfg: dict[str, Any], tokenizer: Any, num_labels: int) -> SequenceClassifier:
+    """The backbone with its head, the method applied (deterministic for the run's seed)."""
+    m = cfg["method"]
+    torch.manual_seed(cfg["seed"])
+    model = SequenceClassifier(cfg["model"]["name"], num_labels, head=m.get("head", "mask"),
+                               dropout=m.get("dropout"), revision=cfg["model"].get("revision"),
+                               mask_token_id=tokenizer.mask_token_id)
+    options = {k: v for k, v in m.items() if k not in _NOT_OPTIONS}
+    if m["name"] == "jr_warp":
+        options["prompt_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    apply_method(model, m["name"], **options)
+    return model
+
+
+def _setup_only(run_dir: Path) -> bool:
+    """True when the run dir holds nothing but what Hydra wrote at start (safe to remove on a config error)."""
+    names = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
+    return names <= {".hydra", "train.log", "wandb", CONFIG_FILE}
+
+
+def run(cfg: dict[str, Any], run_dir: Path, console: Any = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; write its run dir. Returns results.json's content."""
+    run_dir = Path(run_dir)
+    try:
+        validate(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))   # the resolved config
+        return _run(cfg, run_dir, console)
+    except JrftError:
+        # A bad setting must leave nothing behind that looks like a run.
+        if _setup_only(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run(cfg: dict[str, Any], run_dir: Path, console: Any) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from jrft_cli.tracking import Tracker
+
+    hf_logging.set_verbosity_error()
+    t, task, m, hw = cfg["train"], cfg["task"], cfg["method"], cfg["hardware"]
+    if hw.get("num_threads"):
+        torch.set_num_threads(int(hw["num_threads"]))
+    device = resolve_device(hw["device"])
+    seed_everything(cfg["seed"])
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(cfg["model"]["name"]),
+                                              **({"revision": cfg["model"]["revision"]} if cfg["model"].get("revision") else {}))
+    mask_format = m.get("head", "mask") == "mask"
+    data_cfg = cfg["data"]
+    train_ex = load_split(task, "train", data_cfg["dir"], data_cfg.get("limit_train"))
+    eval_ex = {s["name"]: load_split(task, s["name"], data_cfg["dir"], data_cfg.get("limit_eval"))
+               for s in task["eval_splits"]}
+    enc = lambda ex: encode(ex, tokenizer, mask_format=mask_format, max_length=data_cfg["max_length"])  # noqa: E731
+    train_data, eval_sets = enc(train_ex), {k: enc(v) for k, v in eval_ex.items()}
+    num_labels = 1 if task["is_regression"] else len(task["labels"])
+
+    model = build_model(cfg, tokenizer, num_labels).to(device)
+    trainable, total = count_parameters(model)
+
+    lr = t["lr"] if t["lr"] is not None else m["lr"]
+    loop_cfg = LoopConfig(epochs=t["epochs"], max_steps=t["max_steps"], batch_size=t["batch_size"], lr=lr,
+                          warmup_ratio=t["warmup_ratio"], weight_decay=t.get("weight_decay", 0.0),
+                          grad_accum=t["grad_accum"], eval_every=t["eval_every"], max_grad_norm=t.get("max_grad_norm"),
+                          log_every=t.get("log_every", 10), seed=cfg["seed"])
+    task_info = TaskInfo(task["is_regression"], task["metrics"], task["main_metric"])
+    log_cfg = cfg["logger"]
+    tracker = Tracker(run_dir, cfg, use_wandb=bool(log_cfg.get("enabled")), project=log_cfg.get("project", "jrft"),
+                      entity=log_cfg.get("entity"), group=log_cfg.get("group"), tags=log_cfg.get("tags"),
+                      mode=log_cfg.get("mode", "auto"), name=f"{task['name']}-{method_label(cfg)}-s{cfg['seed']}",
+                      console=console)
+    exit_code = 1
+    try:
+        tracker.print_config()
+        trainer = Trainer(model, train_data, eval_sets, make_collate(tokenizer, task["is_regression"]), task_info,
+                          loop_cfg, device, hw.get("precision", "fp32"), logger=tracker, on_metrics=MetricsWriter(run_dir))
+        tracker.start_progress(trainer.total_steps, f"{task['name']} {method_label(cfg)}")
+        summary = trainer.run()
+        if cfg.get("run", {}).get("save_trainable", True):
+            save_trainable(model, run_dir, {
+                "method": m["name"], "method_config": m, "model": cfg["model"], "task": task["name"],
+                "num_labels": num_labels, "label_names": task.get("label_names"), "seed": cfg["seed"],
+                "small_state": m["name"] in SMALL_STATE_METHODS, "jrft_version": __version__})
+        results = {
+            "status": "completed",
+            "task": task["name"],
+            "model": model_id(cfg["model"]["name"]),
+            "model_name": cfg["model"]["name"],
+            "method": m["name"],
+            "method_label": method_label(cfg),
+            "seed": cfg["seed"],
+            "d": m.get("d") if m["name"] in JR_METHODS else None,
+            "trainable_params": trainable,
+            "total_params": total,
+            "main_metric": task["main_metric"],
+            **summary,
+            "lr": lr,
+            "batch_size": t["batch_size"] * t["grad_accum"],
+            "train_examples": len(train_data),
+            "device": str(device),
+            "privacy": None,
+            "jrft_version": __version__,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        tracker.summary(results)
+        write_json_atomic(run_dir / RESULTS_FILE, results)   # last: its presence means "completed"
+        exit_code = 0
+        return results
+    finally:
+        tracker.finish(exit_code)
