@@ -20,8 +20,8 @@ and held as non-persistent buffers, so a checkpoint never contains them:
   uniform point on the sphere of radius sqrt(m), i.e. N(0, 1/d) up to O(1/m) in the tails.
   G_l is normalized (as Fastfood's S is) so that each layer's overall scale is fixed instead
   of fluctuating by ~sqrt(2/m) per layer; when d is a power of two and d >= m every column of
-  W_l then has norm exactly 1 (dense: chi_d / sqrt(d)). What does not hold: entries are not jointly
-  independent (they share B, G_l and the Hadamard structure, so fourth moments differ from
+  W_l then has norm exactly 1 (dense: chi_d / sqrt(d)). What does not hold: entries are not
+  jointly independent (they share B, G_l and the Hadamard structure, so fourth moments differ from
   the dense Gaussian), and layers share B. The second moments already follow from G's sign
   symmetry and the random idx; B is what keeps one fixed z from vanishing in a layer (a z
   aligned with a Hadamard row would otherwise put all of H z on one coordinate, missed by
