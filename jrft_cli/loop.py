@@ -196,16 +196,13 @@ class Trainer:
         epoch = 0
         while self.step < self.total_steps:
             order = epoch_order(len(self.train_data), cfg.seed, epoch)
-            micro: list[list[dict]] = []
-            for items in batches(self.train_data, order, cfg.batch_size):
-                micro.append(items)
-                if len(micro) < cfg.grad_accum:
-                    continue
-                window_loss += self.train_step(micro)
-                n = sum(len(m) for m in micro)
-                seen += n
+            micro = list(batches(self.train_data, order, cfg.batch_size))
+            # One optimizer step per window of grad_accum micro-batches; the last window may be shorter.
+            for w in range(0, len(micro), cfg.grad_accum):
+                window = micro[w:w + cfg.grad_accum]
+                window_loss += self.train_step(window)
+                seen += sum(len(m) for m in window)
                 window_n += 1
-                micro = []
                 self.step += 1
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
@@ -216,7 +213,6 @@ class Trainer:
                     self._eval_and_track()
                 if self.step >= self.total_steps:
                     break
-            # A trailing partial accumulation window is dropped (as the HF Trainer does).
             epoch += 1
             if not cfg.eval_every and self.step < self.total_steps:
                 self._eval_and_track()
