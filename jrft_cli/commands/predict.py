@@ -34,6 +34,9 @@ def main(argv: list[str]) -> int:
     try:
         if args.batch_size <= 0:
             raise JrftError(f"--batch-size={args.batch_size} is not valid; it must be a positive integer")
+        from jrft_cli.inference import load_target, parse_rows, predict_rows, target_task
+
+        target_task(args.target)   # a bad target fails before stdin is read
         if args.input == "-":
             lines = sys.stdin.read().splitlines()
         else:
@@ -44,8 +47,6 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(min(torch.get_num_threads(), 4))
-        from jrft_cli.inference import load_target, parse_rows, predict_rows
-
         target = load_target(args.target)
         records = predict_rows(target, parse_rows(lines, target.task), args.batch_size)
     except JrftError as e:
