@@ -2,7 +2,8 @@
 
 Sections (each a list of row dicts in the report):
 - train:      median optimizer-step time after warm-up, peak memory, trainable parameters
-              (jrft's own loop.Trainer.train_step);
+              (jrft's own loop.Trainer.train_step); train and private rows are timed in shared
+              round-robin rounds (run_rows);
 - private:    median DP-SGD step time (private.PrivateTrainer.private_step: fast path for jr/jr_warp/
               linear, opacus for full/bitfit/lora) and the naive reference (naive_jr.py);
 - inference:  base model vs jr with hooks vs the `jrft export` of that jr model;
@@ -150,65 +151,88 @@ def _count(model: nn.Module) -> tuple[int, int]:
     return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
 
 
-def train_rows(rows: list[Row], items: list[dict], collate: Callable, device: torch.device, steps: int,
-               warmup: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Median training-step time (loop.Trainer.train_step), peak memory and trainable parameters per row."""
-    out = []
-    for row in rows:
-        log(f"train: {row.label}")
+@dataclass
+class Runner:
+    """A row made ready to step: its section, its result fields so far, and its step function."""
+    section: str
+    info: dict[str, Any]
+    step: Callable[[], Any]
+    keep: Any = None          # the model / trainer, kept alive while the rounds run
+
+
+def prepare_train(row: Row, items: list[dict], collate: Callable, device: torch.device, total_steps: int) -> Runner:
+    """A non-private row: its model on `device` and loop.Trainer.train_step on the fixed batch."""
+    model = row.build().to(device)
+    trainable, total = _count(model)
+    cfg = LoopConfig(max_steps=total_steps, batch_size=len(items), lr=row.lr, warmup_ratio=0.0)
+    trainer = Trainer(model, items, {}, collate, _TASK, cfg, device)
+    info = {"label": row.label, "method": row.method, **row.extra, "trainable_params": trainable, "total_params": total}
+    return Runner("train", info, lambda: trainer.train_step([items]), trainer)
+
+
+def prepare_private(row: Row, items: list[dict], collate: Callable, device: torch.device, total_steps: int,
+                    noise_multiplier: float = 1.0, max_grad_norm: float = 1.0) -> Runner:
+    """A private row on the fixed batch `items`.
+
+    jrft's methods: `private.PrivateTrainer.private_step` with sampling rate 1 over a training set that
+    is exactly the batch (every step sees the whole batch, as the non-private rows do), one
+    micro-batch. `naive_jr`: naive_jr.NaivePrivateStep (opacus GradSampleModule)."""
+    model = row.build().to(device)
+    trainable, _ = _count(model)
+    if row.method == "naive_jr":
+        from jrft_cli.naive_jr import NaivePrivateStep
+
+        runner = NaivePrivateStep(model, collate, device, lr=row.lr, max_grad_norm=max_grad_norm,
+                                  noise_multiplier=noise_multiplier)
+        step, path = (lambda: runner.step(items)), "opacus GradSampleModule (functorch)"
+    else:
+        from jrft_cli.private import AUTO_MODE, FAST_METHODS, PrivacyPlan, PrivateTrainer
+
+        plan = PrivacyPlan(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=total_steps, delta=1e-5,
+                           max_grad_norm=max_grad_norm, batch_size=len(items), micro_batch_size=len(items))
+        runner = PrivateTrainer(model, items, {}, collate, _TASK,
+                                LoopConfig(max_steps=total_steps, batch_size=len(items), lr=row.lr),
+                                device, plan, row.method)
+        step = runner.private_step
+        path = "fast (shift grads)" if row.method in FAST_METHODS else f"opacus ({AUTO_MODE[row.method]})"
+    info = {"label": row.label, "method": row.method, **row.extra, "path": path, "trainable_params": trainable,
+            "noise_multiplier": noise_multiplier, "max_grad_norm": max_grad_norm}
+    return Runner("private", info, step, runner)
+
+
+def run_rows(prepare: list[Callable[[], Runner]], steps: int, warmup: int, device: torch.device,
+             log: Callable[[str], None] = print) -> list[tuple[str, dict[str, Any]]]:
+    """Build every row and run its warm-up steps (at least one) one row at a time, measuring the row's
+    peak memory over them; then time `steps` rounds, one step of every row per round (round-robin, so
+    load drifting on a shared machine hits every row alike). Returns (section, row dict) in order."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps={steps}, warmup={warmup}: need steps >= 1 and warmup >= 0")
+    runners: list[Runner] = []
+    for make in prepare:
         release_memory()
-        model = row.build().to(device)
-        trainable, total = _count(model)
-        cfg = LoopConfig(max_steps=warmup + steps, batch_size=len(items), lr=row.lr, warmup_ratio=0.0)
-        trainer = Trainer(model, items, {}, collate, _TASK, cfg, device)
-        stats, mem = time_steps(lambda: trainer.train_step([items]), steps, warmup, device)
-        out.append({"label": row.label, "method": row.method, **row.extra, **stats, "memory_mb": mem.mb,
-                    "memory_kind": mem.kind, "trainable_params": trainable, "total_params": total,
-                    "steps": steps, "warmup": warmup})
-        del trainer, model
-    return out
-
-
-def private_rows(rows: list[Row], items: list[dict], collate: Callable, device: torch.device, steps: int,
-                 warmup: int, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0,
-                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Median DP-SGD step time per row on the fixed batch `items`.
-
-    jrft's methods run `private.PrivateTrainer.private_step` with sampling rate 1 over a training set
-    that is exactly the batch (so every step sees the whole batch, as the non-private rows do), one
-    micro-batch. `naive_jr` runs naive_jr.NaivePrivateStep (opacus GradSampleModule)."""
-    from jrft_cli.naive_jr import NaivePrivateStep
-
-    out = []
-    for row in rows:
-        log(f"private: {row.label}")
-        release_memory()
-        model = row.build().to(device)
-        trainable, _ = _count(model)
-        if row.method == "naive_jr":
-            runner = NaivePrivateStep(model, collate, device, lr=row.lr, max_grad_norm=max_grad_norm,
-                                      noise_multiplier=noise_multiplier)
-            step, path = (lambda: runner.step(items)), "opacus GradSampleModule (functorch)"
-        else:
-            from jrft_cli.private import AUTO_MODE, FAST_METHODS, PrivacyPlan, PrivateTrainer
-
-            plan = PrivacyPlan(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=warmup + steps, delta=1e-5,
-                               max_grad_norm=max_grad_norm, batch_size=len(items), micro_batch_size=len(items))
-            runner = PrivateTrainer(model, items, {}, collate, _TASK,
-                                    LoopConfig(max_steps=warmup + steps, batch_size=len(items), lr=row.lr),
-                                    device, plan, row.method)
-            step = runner.private_step
-            path = "fast (shift grads)" if row.method in FAST_METHODS else \
-                f"opacus ({AUTO_MODE[row.method]})"
+        base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        runner = make()
+        log(f"{runner.section}: {runner.info['label']} (warm-up)")
         with warnings.catch_warnings():   # opacus' full backward hooks on frozen-input modules: expected
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            stats, mem = time_steps(step, steps, warmup, device)
-        out.append({"label": row.label, "method": row.method, **row.extra, "path": path, **stats,
-                    "memory_mb": mem.mb, "memory_kind": mem.kind, "trainable_params": trainable,
-                    "steps": steps, "warmup": warmup, "noise_multiplier": noise_multiplier,
-                    "max_grad_norm": max_grad_norm})
-        del runner, model
-    return out
+            with PeakMemory(device) as mem:
+                for _ in range(max(1, warmup)):
+                    runner.step()
+        # On a GPU: this row's own peak (other rows' weights stay resident and are subtracted).
+        runner.info.update(memory_mb=mem.mb - base / 2**20, memory_kind=mem.kind)
+        runners.append(runner)
+    times: list[list[float]] = [[] for _ in runners]
+    log(f"timing {steps} round-robin rounds of {len(runners)} rows")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(steps):
+            for k, runner in enumerate(runners):
+                _sync()
+                start = time.perf_counter()
+                runner.step()
+                _sync()
+                times[k].append(time.perf_counter() - start)
+    return [(r.section, {**r.info, **_stats(t), "steps": steps, "warmup": warmup}) for r, t in zip(runners, times)]
 
 
 def inference_rows(build_base: Callable[[], nn.Module], build_jr: Callable[[], nn.Module], cfg: dict[str, Any],
@@ -377,5 +401,5 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 __all__ = ["SCHEMA", "METHOD_CHOICES", "SECTIONS", "PRIVATE_METHODS", "Row", "synthetic_batch", "PeakMemory",
-           "time_steps", "train_rows", "private_rows", "inference_rows", "shift_vs_step", "projection_table",
+           "time_steps", "Runner", "prepare_train", "prepare_private", "run_rows", "inference_rows", "shift_vs_step", "projection_table",
            "targets", "environment", "release_memory"]

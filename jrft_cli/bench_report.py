@@ -81,15 +81,19 @@ def markdown(report: dict[str, Any]) -> str:
                        "them, which inflates absolute times and widens the quartiles; ratios from one "
                        "process interleave less well than a quiet machine's.")
     lines += ["",
-              f"Settings: {cfg['steps']} timed steps after {cfg['warmup']} warm-up steps per row (median and "
-              f"quartiles of the timed ones), d = {cfg['d']} for jr / jr_warp / naive_jr, a synthetic batch of "
+              f"Settings: every training and private row is built and warmed up ({cfg['warmup']} untimed "
+              f"steps, at least one) in turn, then timed over {cfg['steps']} round-robin rounds (one step of "
+              "every row per round, so load drifting on a shared machine hits all rows alike; median and "
+              f"quartiles), d = {cfg['d']} for jr / jr_warp / naive_jr, a synthetic batch of "
               f"{cfg['batch_size']} sequences of exactly {cfg['seq_len']} tokens (mask-head format), "
               f"each method's own config (head, dropout, lr) from conf/method/. Private rows: noise multiplier "
               f"{cfg['noise_multiplier']}, C = {cfg['max_grad_norm']}, the whole batch every step. "
-              "Memory: " + ("CUDA max allocated during the steps." if env["device"].startswith("cuda") else
-                            "growth of the process RSS over its value just before the row's first step "
-                            "(psutil, sampled every 5 ms): activations, gradients and optimizer state, "
-                            "not the model weights."),
+              "Memory: " + ("CUDA max allocated during the row's warm-up steps, less what was allocated before "
+                            "the row was built (its weights count, other rows' do not)." if env["device"].startswith("cuda") else
+                            "growth of the process RSS over its value just before the row's warm-up steps "
+                            "(psutil, sampled every 5 ms): activations, gradients, per-example gradients and "
+                            "optimizer state, not the model weights; freed heap goes back to the OS "
+                            "(malloc_trim) between rows, but allocator reuse can still hide some growth."),
               ""]
     for title, header, rows in tables(report):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
