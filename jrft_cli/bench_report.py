@@ -78,8 +78,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"Load average (1/5/15 min) at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
                      + (f", at the end {after[0]:.2f} / {after[1]:.2f} / {after[2]:.2f}" if after else "")
                      + f" on {env['cpu_count']} CPUs: a load above the CPU count means other jobs shared "
-                       "them, which inflates absolute times and widens the quartiles; ratios from one "
-                       "process interleave less well than a quiet machine's.")
+                       "them, which inflates absolute times and widens the quartiles; the rows are "
+                       "interleaved (see Settings), so ratios suffer less than absolute times.")
     lines += ["",
               f"Settings: every training and private row is built and warmed up ({cfg['warmup']} untimed "
               f"steps, at least one) in turn, then timed over {cfg['steps']} round-robin rounds (one step of "
