@@ -83,7 +83,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["",
               f"Settings: every training and private row is built and warmed up ({cfg['warmup']} untimed "
               f"steps, at least one) in turn, then timed over {cfg['steps']} round-robin rounds (one step of "
-              "every row per round, so load drifting on a shared machine hits all rows alike; median and "
+              "every row per round, a method's private row right after its non-private one, so load drifting "
+              "on a shared machine hits all rows alike; median and "
               f"quartiles), d = {cfg['d']} for jr / jr_warp / naive_jr, a synthetic batch of "
               f"{cfg['batch_size']} sequences of exactly {cfg['seq_len']} tokens (mask-head format), "
               f"each method's own config (head, dropout, lr) from conf/method/. Private rows: noise multiplier "

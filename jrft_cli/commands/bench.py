@@ -189,12 +189,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(model_name))
         items = bench.synthetic_batch(tokenizer, args.batch_size, args.seq_len)
         collate = make_collate(tokenizer, is_regression=False)
-    # Train and private rows share one pool of round-robin rounds (see bench.run_rows).
+    # Train and private rows share one pool of round-robin rounds (see bench.run_rows); a method's
+    # private row runs right after its non-private one, so their ratio sees the same machine load.
     total = max(1, args.warmup) + args.steps
-    prepare = []
+    prepare: dict[str, list] = {}
     if "train" in args.only:
         for row in _rows(args, cfgs, tokenizer, private=False):
-            prepare.append(lambda row=row: bench.prepare_train(row, items, collate, device, total))
+            prepare.setdefault(row.label, []).append(
+                lambda row=row: bench.prepare_train(row, items, collate, device, total))
     if "private" in args.only and args.private:
         rows = _rows(args, cfgs, tokenizer, private=True)
         if importlib.util.find_spec("jrft_cli.private") is None:
@@ -202,7 +204,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             rows = [r for r in rows if r.method == "naive_jr"]
             report["notes"].append(f"private rows {', '.join(pending)} pending: jrft_cli.private is not in this build")
         for row in rows:
-            prepare.append(lambda row=row: bench.prepare_private(row, items, collate, device, total))
+            prepare.setdefault(row.label, []).append(
+                lambda row=row: bench.prepare_private(row, items, collate, device, total))
+    prepare = [make for makes in prepare.values() for make in makes]
     if prepare:
         measured = bench.run_rows(prepare, args.steps, args.warmup, device, log)
         for section in ("train", "private"):
