@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-GROUPS = ("model", "task", "method", "hardware", "logger", "privacy", "experiment")
+GROUPS = ("model", "task", "method", "hardware", "logger", "privacy", "experiment", "row")
 
 
 def config_dir() -> Path:
