@@ -97,8 +97,10 @@ def sst2_encoded(sst2_train, tokenizer):
 
 
 def state_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer, cloned."""
-    return {n: t.detach().clone() for n, t in model.state_dict(keep_vars=True).items()}
+    """Every parameter and buffer (non-persistent ones too, e.g. the jr projections), cloned, by name."""
+    tensors = {n: b for n, b in model.named_buffers(remove_duplicate=False)}
+    tensors.update(model.state_dict(keep_vars=True))
+    return {n: t.detach().clone() for n, t in tensors.items()}
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
