@@ -23,7 +23,7 @@ from jrft_cli.data import encode, load_split, make_collate
 from jrft_cli.errors import JrftError
 from jrft_cli.loop import LoopConfig, TaskInfo, Trainer, resolve_device
 from jrft_cli.methods import METHODS, apply_method
-from jrft_cli.modeling import SequenceClassifier, count_parameters, model_id, resolve_model_name
+from jrft_cli.modeling import SequenceClassifier, count_parameters, load_tokenizer, model_id
 from jrft_cli.results import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, MetricsWriter, read_results, write_json_atomic
 
 JR_METHODS = ("jr", "jr_warp")
@@ -199,12 +199,12 @@ def _agree_run_dir(run_dir: Path, info: distributed.DistInfo) -> Path:
 
 def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | None,
          dist_info: distributed.DistInfo) -> dict[str, Any]:
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from jrft_cli.tracking import Tracker
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()   # its "Loading weights" bar would sit on stderr above any one-line error
     t, task, m, hw = cfg["train"], cfg["task"], cfg["method"], cfg["hardware"]
     if hw.get("num_threads"):
         torch.set_num_threads(int(hw["num_threads"]))
@@ -213,8 +213,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
         device = torch.device("cuda", dist_info.local_rank)
     seed_everything(cfg["seed"])
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(cfg["model"]["name"]),
-                                              **({"revision": cfg["model"]["revision"]} if cfg["model"].get("revision") else {}))
+    tokenizer = load_tokenizer(cfg["model"]["name"], cfg["model"].get("revision"))
     mask_format = m.get("head", "mask") == "mask"
     data_cfg = cfg["data"]
     train_ex = load_split(task, "train", data_cfg["dir"], data_cfg.get("limit_train"))
