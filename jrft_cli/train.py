@@ -15,14 +15,16 @@ import numpy as np
 import yaml
 import torch
 
-from jrft_cli import __version__
+from jrft_cli import __version__, distributed
 from jrft_cli.artifact import save_artifact
+from jrft_cli.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
+                                 load_checkpoint, save_checkpoint)
 from jrft_cli.data import encode, load_split, make_collate
 from jrft_cli.errors import JrftError
 from jrft_cli.loop import LoopConfig, TaskInfo, Trainer, resolve_device
 from jrft_cli.methods import METHODS, apply_method
-from jrft_cli.modeling import SequenceClassifier, count_parameters, model_id, resolve_model_name
-from jrft_cli.results import CONFIG_FILE, RESULTS_FILE, MetricsWriter, write_json_atomic
+from jrft_cli.modeling import SequenceClassifier, count_parameters, load_tokenizer, model_id
+from jrft_cli.results import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, MetricsWriter, read_results, write_json_atomic
 
 JR_METHODS = ("jr", "jr_warp")
 # Keys of a method config that are not options of its apply() step.
@@ -85,6 +87,62 @@ def build_model(cfg: dict[str, Any], tokenizer: Any, num_labels: int) -> Sequenc
     return model
 
 
+# Settings that may differ between a run and its resumption (machine, logging, data location).
+_RESUME_FREE_KEYS = ("logger", "hardware", "run", "data.dir")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def config_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first setting that differs between a run dir's config and a relaunch's (ignoring
+    machine, logging and data location), as `key: old -> new`; None when they agree."""
+    a, b = _flatten(old), _flatten(new)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)  # noqa: E731
+    for key in sorted(set(a) | set(b)):
+        if not free(key) and a.get(key) != b.get(key):
+            return f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+    return None
+
+
+def privacy_enabled(cfg: dict[str, Any]) -> bool:
+    """True when the config asks for DP training (a privacy section that is not switched off)."""
+    p = cfg.get("privacy")
+    return isinstance(p, dict) and bool(p) and p.get("enabled", True) is not False and p.get("name") != "none"
+
+
+def _existing_run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """(completed results, checkpoint to resume) of a run dir being relaunched; errors when the
+    dir holds a different configuration."""
+    results = read_results(run_dir) if (run_dir / RESULTS_FILE).exists() else None
+    ckpt = run_dir / CHECKPOINT_FILE
+    if results is None and not ckpt.exists():
+        return None, None
+    if (run_dir / CONFIG_FILE).exists():
+        diff = config_difference(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}, cfg)
+        if diff:
+            raise JrftError(f"run dir {run_dir} holds a run with another config ({diff}); "
+                            "use another hydra.run.dir / hydra.sweep.dir or delete it")
+    if results is not None and results.get("status") == "completed":
+        return results, None
+    return None, ckpt if ckpt.exists() else None
+
+
+def _rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl as of the checkpoint: drop lines logged after it (they are logged again)."""
+    path = run_dir / METRICS_FILE
+    path.unlink(missing_ok=True)
+    writer = MetricsWriter(run_dir)
+    for record in history:
+        writer(record)
+
+
 def _setup_only(run_dir: Path) -> bool:
     """True when the run dir holds nothing but what Hydra wrote at start (safe to remove on a config error)."""
     names = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
@@ -94,33 +152,68 @@ def _setup_only(run_dir: Path) -> bool:
 def run(cfg: dict[str, Any], run_dir: Path, console: Any = None) -> dict[str, Any]:
     """Train and evaluate one configuration; write its run dir. Returns results.json's content."""
     run_dir = Path(run_dir)
+    dist_info = distributed.detect()
     try:
         validate(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))   # the resolved config
-        return _run(cfg, run_dir, console)
+        if dist_info.world_size > 1:
+            if privacy_enabled(cfg):
+                raise JrftError(f"DP training with {dist_info.world_size} processes (DDP) is not supported: "
+                                "per-example clipping and the accountant assume one process; run DP without torchrun/srun")
+            distributed.init(dist_info, resolve_device(cfg["hardware"]["device"]))
+            run_dir = _agree_run_dir(run_dir, dist_info)
+        done, resume_from = _existing_run(cfg, run_dir)
+        if done is not None:
+            if dist_info.is_main:
+                print(f"jrft: {run_dir} already holds a completed run (results.json); skipping it", flush=True)
+            return done
+        if dist_info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))   # the resolved config
+            if resume_from is None:
+                (run_dir / METRICS_FILE).unlink(missing_ok=True)   # a restart from scratch logs anew
+        return _run(cfg, run_dir, console, resume_from, dist_info)
     except JrftError:
         # A bad setting must leave nothing behind that looks like a run.
-        if _setup_only(run_dir):
+        if dist_info.is_main and _setup_only(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    finally:
+        distributed.shutdown()
 
 
-def _run(cfg: dict[str, Any], run_dir: Path, console: Any) -> dict[str, Any]:
-    from transformers import AutoTokenizer
+def _agree_run_dir(run_dir: Path, info: distributed.DistInfo) -> Path:
+    """Every rank uses rank 0's run dir (Hydra's timestamped dirs may differ by a second);
+    a rank's own dir, left empty, is removed."""
+    import torch.distributed as dist
+
+    box = [str(run_dir)]
+    dist.broadcast_object_list(box, src=0)
+    agreed = Path(box[0])
+    if not info.is_main and agreed != run_dir:
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
+    return agreed
+
+
+def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | None,
+         dist_info: distributed.DistInfo) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     from jrft_cli.tracking import Tracker
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()   # its "Loading weights" bar would sit on stderr above any one-line error
     t, task, m, hw = cfg["train"], cfg["task"], cfg["method"], cfg["hardware"]
     if hw.get("num_threads"):
         torch.set_num_threads(int(hw["num_threads"]))
     device = resolve_device(hw["device"])
+    if device.type == "cuda" and dist_info.world_size > 1:
+        device = torch.device("cuda", dist_info.local_rank)
     seed_everything(cfg["seed"])
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(cfg["model"]["name"]),
-                                              **({"revision": cfg["model"]["revision"]} if cfg["model"].get("revision") else {}))
+    tokenizer = load_tokenizer(cfg["model"]["name"], cfg["model"].get("revision"))
     mask_format = m.get("head", "mask") == "mask"
     data_cfg = cfg["data"]
     train_ex = load_split(task, "train", data_cfg["dir"], data_cfg.get("limit_train"))
@@ -137,20 +230,47 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any) -> dict[str, Any]:
     loop_cfg = LoopConfig(epochs=t["epochs"], max_steps=t["max_steps"], batch_size=t["batch_size"], lr=lr,
                           warmup_ratio=t["warmup_ratio"], weight_decay=t.get("weight_decay", 0.0),
                           grad_accum=t["grad_accum"], eval_every=t["eval_every"], max_grad_norm=t.get("max_grad_norm"),
-                          log_every=t.get("log_every", 10), seed=cfg["seed"])
+                          log_every=t.get("log_every", 10), seed=cfg["seed"],
+                          checkpoint_every=t.get("checkpoint_every") or 0)
     task_info = TaskInfo(task["is_regression"], task["metrics"], task["main_metric"])
     log_cfg = cfg["logger"]
-    tracker = Tracker(run_dir, cfg, use_wandb=bool(log_cfg.get("enabled")), project=log_cfg.get("project", "jrft"),
-                      entity=log_cfg.get("entity"), group=log_cfg.get("group"), tags=log_cfg.get("tags"),
-                      mode=log_cfg.get("mode", "auto"), name=f"{task['name']}-{method_label(cfg)}-s{cfg['seed']}",
-                      console=console)
+    checkpoint = load_checkpoint(resume_from) if resume_from else None
+    tracker = Tracker(run_dir, cfg, use_wandb=bool(log_cfg.get("enabled")) and dist_info.is_main,
+                      project=log_cfg.get("project", "jrft"), entity=log_cfg.get("entity"), group=log_cfg.get("group"),
+                      tags=log_cfg.get("tags"), mode=log_cfg.get("mode", "auto"),
+                      name=f"{task['name']}-{method_label(cfg)}-s{cfg['seed']}",
+                      resume_id=checkpoint.get("wandb_run_id") if checkpoint else None, console=console)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+
+    def save(state: dict[str, Any]) -> Path:
+        save_checkpoint(ckpt_path, {"trainer": state, "wandb_run_id": tracker.wandb_run_id})
+        return ckpt_path
+
     exit_code = 1
     try:
-        tracker.print_config()
-        trainer = Trainer(model, train_data, eval_sets, make_collate(tokenizer, task["is_regression"]), task_info,
-                          loop_cfg, device, hw.get("precision", "fp32"), logger=tracker, on_metrics=MetricsWriter(run_dir))
-        tracker.start_progress(trainer.total_steps, f"{task['name']} {method_label(cfg)}")
-        summary = trainer.run()
+        if dist_info.is_main:
+            tracker.print_config()
+        with StopSignals() as stop:
+            trainer = Trainer(model, train_data, eval_sets, make_collate(tokenizer, task["is_regression"]),
+                              task_info, loop_cfg, device, hw.get("precision", "fp32"), logger=tracker,
+                              on_metrics=MetricsWriter(run_dir), should_stop=stop, on_checkpoint=save)
+            if checkpoint is not None:
+                trainer.load_state_dict(checkpoint["trainer"])
+                if dist_info.is_main:
+                    _rewrite_metrics(run_dir, trainer.history)
+                    print(f"jrft: resuming {run_dir} from its checkpoint at step {trainer.step}/{trainer.total_steps}",
+                          flush=True)
+            if dist_info.is_main:
+                tracker.start_progress(trainer.total_steps, f"{task['name']} {method_label(cfg)}")
+            try:
+                summary = trainer.run()
+            except TrainingInterrupted as e:
+                e.hand_on = stop.hand_on   # the caller passes the signal on (submitit: requeue) once out of here
+                exit_code = INTERRUPTED_EXIT_CODE
+                raise
+        if not dist_info.is_main:
+            exit_code = 0
+            return summary
         if cfg.get("run", {}).get("save_trainable", True):
             save_artifact(model, run_dir, cfg, tokenizer, num_labels)
         results = {
@@ -175,7 +295,10 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any) -> dict[str, Any]:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         tracker.summary(results)
+        if checkpoint is not None:
+            results["resumed_at_step"] = checkpoint["trainer"]["step"]
         write_json_atomic(run_dir / RESULTS_FILE, results)   # last: its presence means "completed"
+        ckpt_path.unlink(missing_ok=True)                     # finished: nothing left to resume
         exit_code = 0
         return results
     finally:

@@ -36,6 +36,7 @@ def _task(cfg) -> None:
     from omegaconf import OmegaConf
 
     from jrft_cli import train
+    from jrft_cli.checkpoint import INTERRUPTED_EXIT_CODE, TrainingInterrupted
     from jrft_cli.errors import JrftError
 
     hc = HydraConfig.get()
@@ -48,6 +49,11 @@ def _task(cfg) -> None:
         if str(hc.mode) == "RunMode.RUN":
             raise SystemExit(2)
         raise  # in a sweep Hydra records the failed job
+    except TrainingInterrupted as e:
+        print(f"jrft: {e}; it resumes when relaunched (or requeued) in the same run dir {run_dir}",
+              file=sys.stderr, flush=True)
+        e.hand_on()   # under submitit: requeue the job (it resumes from the checkpoint) and exit
+        raise SystemExit(INTERRUPTED_EXIT_CODE)
 
 
 def main(argv: list[str]) -> int:

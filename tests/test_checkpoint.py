@@ -1,0 +1,190 @@
+"""Interrupt and resume: stop signals, atomic checkpoints, Trainer.state_dict round trips, and a real
+kill-and-resume of `jrft train` that must end with the uninterrupted run's metrics."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from jrft_cli.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
+                                 load_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from jrft_cli.loop import LoopConfig, TaskInfo, Trainer
+from jrft_cli.train import config_difference, privacy_enabled
+
+ROOT = Path(__file__).resolve().parents[1]
+GLUE = Path(os.environ.get("JRFT_GLUE_DIR", ROOT.parent / "shared" / "glue"))
+
+
+# -- signals and files ---------------------------------------------------------------------------
+
+def test_stop_signals_flag_instead_of_dying_and_hand_on_the_previous_handler():
+    calls = []
+    old = signal.signal(signal.SIGUSR2, lambda s, f: calls.append(s))
+    try:
+        with StopSignals() as stop:
+            assert stop() is None
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGTERM)          # a later signal does not overwrite the first
+            assert stop() == signal.SIGUSR2
+        assert calls == []                                # ours ran, not the previous one
+        stop.hand_on()                                    # e.g. submitit's requeue handler
+        assert calls == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGTERM) is not stop._handle   # handlers restored on exit
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+
+
+def test_save_checkpoint_is_atomic_and_loads_with_weights_only(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, {"trainer": {"step": 3, "t": torch.arange(4.0), "best": None}})
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]     # no temp file left
+    state = load_checkpoint(path)
+    assert state["trainer"]["step"] == 3 and torch.equal(state["trainer"]["t"], torch.arange(4.0))
+
+
+def test_rng_state_round_trip_restores_every_generator():
+    state = rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_config_difference_ignores_machine_and_logging_but_not_training_settings():
+    old = {"seed": 0, "train": {"lr": 1e-3}, "logger": {"enabled": True}, "hardware": {"device": "cpu"},
+           "data": {"dir": "/a", "limit_train": 8}}
+    same = {**old, "logger": {"enabled": False}, "hardware": {"device": "cuda"}, "data": {"dir": "/b", "limit_train": 8}}
+    assert config_difference(old, same) is None
+    assert config_difference(old, {**old, "train": {"lr": 2e-3}}) == "train.lr: 0.001 -> 0.002"
+
+
+def test_privacy_enabled_reads_the_privacy_section():
+    assert not privacy_enabled({}) and not privacy_enabled({"privacy": None})
+    assert privacy_enabled({"privacy": {"epsilon": 8}})
+    assert not privacy_enabled({"privacy": {"epsilon": 8, "enabled": False}})
+
+
+# -- Trainer.state_dict: an interrupted and resumed run equals an uninterrupted one --------------
+
+class TinyClassifier(nn.Module):
+    """Embedding bag + dropout + linear: trainable, with dropout drawing from the global torch RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.EmbeddingBag(50, 16)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, input_ids, attention_mask):
+        return self.head(self.drop(self.emb(input_ids)))
+
+
+def _tiny_data(n: int, seed: int) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 50, (n, 6), generator=g)
+    return [{"input_ids": ids[i], "labels": int(ids[i, 0] < 25)} for i in range(n)]
+
+
+def _collate(items):
+    return {"input_ids": torch.stack([it["input_ids"] for it in items]),
+            "attention_mask": torch.ones(len(items), 6, dtype=torch.long),
+            "labels": torch.tensor([it["labels"] for it in items])}
+
+
+def _trainer(stop=None, on_checkpoint=None) -> Trainer:
+    torch.manual_seed(0)
+    cfg = LoopConfig(epochs=3, batch_size=8, lr=1e-2, grad_accum=2, eval_every=3, log_every=1, seed=0)
+    return Trainer(TinyClassifier(), _tiny_data(40, 1), {"dev": _tiny_data(16, 2)}, _collate,
+                   TaskInfo(False, ["accuracy"], "accuracy"), cfg, torch.device("cpu"),
+                   should_stop=stop, on_checkpoint=on_checkpoint)
+
+
+def _losses(history):
+    return [(h["step"], h.get("train/loss"), h.get("dev/accuracy")) for h in history]
+
+
+@pytest.mark.parametrize("stop_at", [1, 3, 5])   # mid-epoch, at an epoch end (3 steps/epoch), later
+def test_interrupted_trainer_resumes_to_the_uninterrupted_result(tmp_path, stop_at):
+    full = _trainer()
+    expected = full.run()
+
+    saved = {}
+    first = _trainer(stop=lambda: signal.SIGTERM if first.step == stop_at else None,
+                     on_checkpoint=lambda state: save_checkpoint(tmp_path / "ck.pt", {"trainer": state}))
+    with pytest.raises(TrainingInterrupted) as info:
+        first.run()
+    assert info.value.step == stop_at
+    torch.manual_seed(1234)                       # the resumed process starts from another RNG state
+    resumed = _trainer()
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ck.pt")["trainer"])
+    got = resumed.run()
+    for key in ("dev", "best_dev", "steps", "epochs"):
+        assert got[key] == expected[key], key
+    assert _losses(resumed.history) == _losses(full.history)
+    assert torch.equal(resumed.model.head.weight, full.model.head.weight)
+
+
+def test_load_state_dict_refuses_a_changed_budget():
+    state = _trainer().state_dict()
+    state["total_steps"] += 1
+    with pytest.raises(ValueError, match="steps"):
+        _trainer().load_state_dict(state)
+
+
+# -- the real thing: SIGTERM a `jrft train` process, relaunch it on the same run dir -------------
+
+def _train_cmd(run_dir: Path, method: str) -> list[str]:
+    return [sys.executable, "-m", "jrft_cli", "train", f"method={method}", "task=rte", "logger=none",
+            "hardware=cpu", "hardware.num_threads=1", "train.max_steps=14", "train.batch_size=8",
+            "train.log_every=1", "train.eval_every=5", "data.limit_train=48", "data.limit_eval=16",
+            f"data.dir={GLUE}", f"hydra.run.dir={run_dir}"]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.mark.skipif(not (GLUE / "RTE").is_dir(), reason=f"no GLUE data at {GLUE} (set JRFT_GLUE_DIR)")
+@pytest.mark.parametrize("method", ["jr", "bitfit"])   # bitfit keeps the model's dropout: RNG state matters
+def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, method):
+    plain, killed = tmp_path / "plain", tmp_path / "killed"
+    subprocess.run(_train_cmd(plain, method), cwd=ROOT, env=_env(), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(killed, method), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == INTERRUPTED_EXIT_CODE, out
+    assert (killed / CHECKPOINT_FILE).exists() and not (killed / "results.json").exists()
+
+    again = subprocess.run(_train_cmd(killed, method), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stdout + again.stderr
+    want, got = (json.loads((d / "results.json").read_text()) for d in (plain, killed))
+    assert got["resumed_at_step"] >= 1
+    for key in ("dev", "best_dev", "steps"):
+        assert got[key] == want[key], key
+    assert not (killed / CHECKPOINT_FILE).exists()     # a finished run leaves no checkpoint
+    strip = lambda d: [{k: v for k, v in json.loads(l).items() if k != "train/examples_per_s"}  # noqa: E731
+                       for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert strip(killed) == strip(plain)
+
+    # a finished run dir is not trained again
+    third = subprocess.run(_train_cmd(killed, method), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert third.returncode == 0 and "already holds a completed run" in third.stdout
+    assert json.loads((killed / "results.json").read_text()) == got

@@ -1,0 +1,164 @@
+"""The training loop: epoch order, schedule, loss, gradient accumulation, determinism, evaluation and
+the run summary."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from jrft_cli.data import make_collate
+from jrft_cli.loop import (
+    LoopConfig,
+    TaskInfo,
+    Trainer,
+    autocast_dtype,
+    epoch_order,
+    evaluate,
+    loss_fn,
+    predict,
+    resolve_device,
+)
+from jrft_cli.methods import apply_method
+
+SST2 = TaskInfo(False, ["accuracy"], "accuracy")
+CPU = torch.device("cpu")
+
+
+def test_epoch_order_is_a_pure_seeded_permutation():
+    a = epoch_order(50, seed=3, epoch=0)
+    assert sorted(a) == list(range(50))
+    assert a == epoch_order(50, seed=3, epoch=0)
+    assert a != epoch_order(50, seed=3, epoch=1) and a != epoch_order(50, seed=4, epoch=0)
+
+
+def test_loss_fn_classification_and_regression():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    expected = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
+    assert loss_fn(logits, torch.tensor([0, 1]), False).item() == pytest.approx(expected)
+    pred = torch.tensor([[1.0], [3.0]])
+    assert loss_fn(pred, torch.tensor([2.0, 5.0]), True).item() == pytest.approx((1 + 4) / 2)
+    assert loss_fn(pred, torch.tensor([2.0, 5.0]), True, reduction="sum").item() == pytest.approx(5.0)
+
+
+def test_devices_and_precision_on_cpu():
+    assert resolve_device("cpu") == CPU
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == CPU
+        from jrft_cli.errors import JrftError
+        with pytest.raises(JrftError, match="no CUDA device is available; use hardware=cpu"):
+            resolve_device("cuda")
+    assert autocast_dtype("bf16", CPU) is None and autocast_dtype("auto", CPU) is None
+
+
+def jr_model(make_model, d=64):
+    model = make_model()
+    torch.manual_seed(0)
+    apply_method(model, "jr", d=d)
+    return model
+
+
+def test_warmup_then_linear_decay_to_zero(make_model, tokenizer, sst2_encoded):
+    cfg = LoopConfig(max_steps=10, batch_size=8, lr=1e-2, warmup_ratio=0.2)
+    trainer = Trainer(jr_model(make_model), sst2_encoded[:8], {}, make_collate(tokenizer, False), SST2, cfg, CPU)
+    lrs = []
+    for _ in range(10):
+        lrs.append(trainer.scheduler.get_last_lr()[0])
+        trainer.train_step([sst2_encoded[:8]])
+    # 2 warm-up steps (0, 0.5) then (10 - s) / 8 of the peak
+    assert lrs == pytest.approx([0.0, 5e-3] + [1e-2 * (10 - s) / 8 for s in range(2, 10)])
+    assert trainer.scheduler.get_last_lr()[0] == 0.0
+
+
+def equal_length_items(sst2_encoded, tokenizer, n=16):
+    """n training rows of one token length (so padding cannot differ between batchings)."""
+    from collections import defaultdict
+
+    by_len = defaultdict(list)
+    for it in sst2_encoded:
+        by_len[len(it["input_ids"])].append(it)
+    for items in sorted(by_len.values(), key=len, reverse=True):
+        if len(items) >= n and len({it["labels"] for it in items}) == 2:
+            return items[:n]
+    pytest.skip("no 16 equal-length SST-2 rows with both labels among those encoded")
+
+
+def grads_after_one_step(make_model, tokenizer, items, micro_batches):
+    model = jr_model(make_model)
+    trainer = Trainer(model, items, {}, make_collate(tokenizer, False), SST2,
+                      LoopConfig(max_steps=10, batch_size=len(micro_batches[0]), lr=1e-3,
+                                 grad_accum=len(micro_batches), warmup_ratio=0.0), CPU)
+    trainer.optimizer.zero_grad = lambda set_to_none=True: None     # keep the step's gradients to inspect
+    loss = trainer.train_step(micro_batches)
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_gradient_accumulation_equals_the_big_batch(make_model, tokenizer, sst2_train):
+    from jrft_cli.data import encode
+
+    items = equal_length_items(encode(sst2_train[:400], tokenizer, mask_format=True, max_length=32), tokenizer)
+    loss_acc, grads_acc = grads_after_one_step(make_model, tokenizer, items, [items[:8], items[8:]])
+    loss_big, grads_big = grads_after_one_step(make_model, tokenizer, items, [items])
+    assert loss_acc == pytest.approx(loss_big, rel=1e-5)
+    assert grads_acc.keys() == grads_big.keys() == {"adapter.z", "head.weight", "head.bias"}
+    for n in grads_big:
+        assert grads_big[n].abs().max() > 0
+        assert torch.allclose(grads_acc[n], grads_big[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_run_is_deterministic_and_summarises(make_model, tokenizer, sst2_encoded):
+    """Same seed, same data: bit-identical losses, metrics and parameters on CPU."""
+    records = []
+
+    def one_run():
+        torch.manual_seed(0)
+        model = jr_model(make_model)
+        got = []
+        cfg = LoopConfig(max_steps=5, batch_size=8, lr=3e-3, log_every=2, eval_every=2, seed=0)
+        trainer = Trainer(model, sst2_encoded[:24], {"dev": sst2_encoded[24:40], "dev_mm": sst2_encoded[40:48]},
+                          make_collate(tokenizer, False), SST2, cfg, CPU, on_metrics=got.append)
+        summary = trainer.run()
+        records.append(got)
+        return summary, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    (s1, p1), (s2, p2) = one_run(), one_run()
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "train/examples_per_s"} for r in recs]  # noqa: E731
+    assert strip(records[0]) == strip(records[1])
+    assert all(torch.equal(p1[n], p2[n]) for n in p1)
+    for key in ("dev", "best_dev", "steps", "epochs"):
+        assert s1[key] == s2[key]
+    # 24 rows / batch 8 = 3 steps per epoch; 5 steps; logs at 2, 4 and the last step; evals at 2, 4, end
+    assert s1["steps"] == 5 and s1["epochs"] == pytest.approx(5 / 3)
+    train_steps = [r["step"] for r in records[0] if "train/loss" in r]
+    dev_steps = [r["step"] for r in records[0] if "dev/accuracy" in r]
+    assert train_steps == [2, 4, 5] and dev_steps == [2, 4, 5]
+    assert set(s1["dev"]) == {"accuracy", "dev_mm_accuracy"}        # later splits are prefixed
+    best = max((r for r in records[0] if "dev/accuracy" in r), key=lambda r: r["dev/accuracy"])
+    assert s1["best_dev"]["accuracy"] == best["dev/accuracy"]
+    assert s1["best_dev"]["step"] == min(r["step"] for r in records[0] if r.get("dev/accuracy") == best["dev/accuracy"])
+    assert s1["wall_time_s"] > 0 and s1["examples_per_s"] > 0 and s1["peak_memory_mb"] > 0
+    assert all(math.isfinite(r["train/loss"]) and r["train/lr"] >= 0 for r in records[0] if "train/loss" in r)
+
+
+def test_epochs_count_with_a_short_last_accumulation_window(make_model, tokenizer, sst2_encoded):
+    """10 rows, batch 4 (3 micro-batches), accum 2: 2 optimizer steps per epoch, the last on 1 micro-batch."""
+    cfg = LoopConfig(epochs=2, batch_size=4, grad_accum=2, lr=1e-3, log_every=1)
+    got = []
+    trainer = Trainer(jr_model(make_model), sst2_encoded[:10], {"dev": sst2_encoded[10:14]},
+                      make_collate(tokenizer, False), SST2, cfg, CPU, on_metrics=got.append)
+    assert trainer.steps_per_epoch == 2 and trainer.total_steps == 4
+    summary = trainer.run()
+    assert summary["steps"] == 4 and summary["epochs"] == 2.0
+    assert [r["step"] for r in got if "dev/accuracy" in r] == [2, 4]      # once per epoch
+
+
+def test_predict_and_evaluate_keep_order_and_mode(make_model, tokenizer, sst2_encoded):
+    model = jr_model(make_model).train()
+    collate = make_collate(tokenizer, False)
+    logits = predict(model, sst2_encoded[:10], collate, 4, CPU)
+    assert logits.shape == (10, 2) and model.training      # mode restored
+    one = predict(model, sst2_encoded[3:4], collate, 4, CPU)
+    assert torch.allclose(logits[3], one[0], atol=1e-5)
+    acc = evaluate(model, sst2_encoded[:10], collate, SST2, 4, CPU)["accuracy"]
+    labels = torch.tensor([it["labels"] for it in sst2_encoded[:10]])
+    assert acc == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
