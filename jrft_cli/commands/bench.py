@@ -91,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-d", type=_positive, default=4096, help="d for the z->shifts vs step comparison (default 4096)")
     p.add_argument("--shift-batch", type=_positive, default=2, help="batch of that step (default 2)")
     p.add_argument("--shift-seq", type=_positive, default=32, help="sequence length of that step (default 32)")
+    p.add_argument("--note", action="append", default=[], metavar="TEXT",
+                   help="a line for the report's notes (repeatable), e.g. what else ran on the machine")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report directory (default {DEFAULT_OUT})")
     p.add_argument("--name", default=None, help="report file stem (default bench_<cpu|cuda>)")
     return p
@@ -182,7 +184,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                    "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "d": args.d,
                    "methods": args.methods, "sections": args.only, "private": args.private,
                    "noise_multiplier": 1.0, "max_grad_norm": 1.0, "inference_repeats": args.repeats},
-        "notes": [],
+        "notes": list(args.note),
     }
     needs_model = any(s in args.only for s in ("train", "private", "inference"))
     if needs_model:
