@@ -9,7 +9,11 @@ GROUPS = ("model", "task", "method", "hardware", "logger", "privacy", "experimen
 
 def config_dir() -> Path:
     """The conf/ directory: shipped as the `jrft_cli.conf` package (editable or not), so it is
-    found from any working directory."""
+    found from any working directory. A source checkout's own conf/ (next to this package) wins, so
+    a checkout imported ahead of the editable install (a worktree, PYTHONPATH) uses its own configs."""
+    local = Path(__file__).resolve().parent.parent / "conf"
+    if (local / "config.yaml").is_file():
+        return local
     return Path(str(importlib.resources.files("jrft_cli.conf")))
 
 
