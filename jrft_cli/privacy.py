@@ -39,6 +39,9 @@ PRV_EPS_ERROR = 0.01
 EPSILON_TOLERANCE = 0.01
 MAX_NOISE_MULTIPLIER = 1e4  # beyond this a target is unreachable in practice (opacus: 1e6)
 SEARCH_ITERATIONS = 60  # bisection halvings: far below float resolution of sigma
+# validate(): a given sigma whose RDP epsilon exceeds this many times the target is refused without
+# running PRV (which needs GBs there); PRV is never close to this much tighter than RDP.
+PRV_INTRACTABLE_FACTOR = 4.0
 CLIP_EPS = 1e-6  # keeps C / norm finite for an all-zero gradient
 
 
@@ -169,6 +172,15 @@ def validate(
         if not noise_multiplier >= 0:
             raise PrivacyError(f"noise multiplier {noise_multiplier} is invalid; it must be >= 0")
         if epsilon is not None:
+            if accountant == "prv" and noise_multiplier > 0:
+                # PRV's grid grows without bound as sigma shrinks (GBs at sigma ~ 0.01); far from the
+                # target the cheap RDP bound settles it (PRV is never that much tighter).
+                rdp = epsilon_for(noise_multiplier, q, steps, delta, "rdp")
+                if rdp > PRV_INTRACTABLE_FACTOR * epsilon:
+                    raise PrivacyError(
+                        f"noise multiplier {noise_multiplier} is too small for epsilon={epsilon}: it gives "
+                        f"epsilon={rdp:.4g} (rdp bound, delta={delta}, q={q}, {steps} steps)"
+                    )
             spent = epsilon_for(noise_multiplier, q, steps, delta, accountant)
             if spent > epsilon:
                 raise PrivacyError(

@@ -24,6 +24,7 @@ from jrft_cli.errors import JrftError
 from jrft_cli.loop import LoopConfig, TaskInfo, Trainer, resolve_device
 from jrft_cli.methods import METHODS, apply_method
 from jrft_cli.modeling import SequenceClassifier, count_parameters, load_tokenizer, model_id
+from jrft_cli.privacy import PrivacyError
 from jrft_cli.results import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, MetricsWriter, read_results, write_json_atomic
 
 JR_METHODS = ("jr", "jr_warp")
@@ -55,6 +56,40 @@ def validate(cfg: dict[str, Any]) -> None:
     lr = t["lr"] if t["lr"] is not None else cfg["method"]["lr"]
     if not lr or lr <= 0:
         raise JrftError(f"train.lr={lr!r} is not valid; it must be > 0 (null = the method's default)")
+    if is_private(cfg):
+        validate_privacy(cfg)
+
+
+def is_private(cfg: dict[str, Any]) -> bool:
+    """True when the config asks for DP training (`privacy=dp`)."""
+    return bool((cfg.get("privacy") or {}).get("enabled"))
+
+
+def validate_privacy(cfg: dict[str, Any]) -> None:
+    """Privacy checks that need no data; the rest (they need N) run in `privacy_plan`."""
+    from jrft_cli.private import check_settings
+
+    t = cfg["train"]
+    if t["grad_accum"] != 1:
+        raise JrftError(f"train.grad_accum={t['grad_accum']} is not valid with privacy=dp: accumulation would change "
+                        "the sampled batch; set privacy.batch_size (logical) and privacy.micro_batch_size (memory)")
+    if t.get("max_grad_norm"):
+        raise JrftError(f"train.max_grad_norm={t['max_grad_norm']} is for non-private runs; with privacy=dp set "
+                        "privacy.max_grad_norm (the per-example clipping norm)")
+    try:
+        check_settings(cfg["privacy"])
+    except PrivacyError as e:
+        raise JrftError(str(e)) from None
+
+
+def privacy_plan(cfg: dict[str, Any], n: int):
+    """The resolved privacy plan (noise multiplier, q, steps, delta) for n training examples."""
+    from jrft_cli.private import plan
+
+    try:
+        return plan(cfg["privacy"], n, cfg["train"]["epochs"], cfg["train"]["max_steps"])
+    except PrivacyError as e:
+        raise JrftError(str(e)) from None
 
 
 def method_label(cfg: dict[str, Any]) -> str:
@@ -111,12 +146,6 @@ def config_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
-def privacy_enabled(cfg: dict[str, Any]) -> bool:
-    """True when the config asks for DP training (a privacy section that is not switched off)."""
-    p = cfg.get("privacy")
-    return isinstance(p, dict) and bool(p) and p.get("enabled", True) is not False and p.get("name") != "none"
-
-
 def _existing_run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
     """(completed results, checkpoint to resume) of a run dir being relaunched; errors when the
     dir holds a different configuration."""
@@ -156,7 +185,7 @@ def run(cfg: dict[str, Any], run_dir: Path, console: Any = None) -> dict[str, An
     try:
         validate(cfg)
         if dist_info.world_size > 1:
-            if privacy_enabled(cfg):
+            if is_private(cfg):
                 raise JrftError(f"DP training with {dist_info.world_size} processes (DDP) is not supported: "
                                 "per-example clipping and the accountant assume one process; run DP without torchrun/srun")
             distributed.init(dist_info, resolve_device(cfg["hardware"]["device"]))
@@ -222,6 +251,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
     enc = lambda ex: encode(ex, tokenizer, mask_format=mask_format, max_length=data_cfg["max_length"])  # noqa: E731
     train_data, eval_sets = enc(train_ex), {k: enc(v) for k, v in eval_ex.items()}
     num_labels = 1 if task["is_regression"] else len(task["labels"])
+    dp_plan = privacy_plan(cfg, len(train_data)) if is_private(cfg) else None   # before the model loads
 
     model = build_model(cfg, tokenizer, num_labels).to(device)
     trainable, total = count_parameters(model)
@@ -250,10 +280,17 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
     try:
         if dist_info.is_main:
             tracker.print_config()
+        collate = make_collate(tokenizer, task["is_regression"])
         with StopSignals() as stop:
-            trainer = Trainer(model, train_data, eval_sets, make_collate(tokenizer, task["is_regression"]),
-                              task_info, loop_cfg, device, hw.get("precision", "fp32"), logger=tracker,
-                              on_metrics=MetricsWriter(run_dir), should_stop=stop, on_checkpoint=save)
+            hooks = dict(logger=tracker, on_metrics=MetricsWriter(run_dir), should_stop=stop, on_checkpoint=save)
+            if dp_plan is not None:
+                from jrft_cli.private import PrivateTrainer
+                trainer = PrivateTrainer(model, train_data, eval_sets, collate, task_info, loop_cfg, device, dp_plan,
+                                         m["name"], hw.get("precision", "fp32"), **hooks)
+            else:
+                trainer = Trainer(model, train_data, eval_sets, collate, task_info, loop_cfg, device,
+                                  hw.get("precision", "fp32"), **hooks)
+            trainable, total = count_parameters(model)   # DP full finetuning freezes position embeddings
             if checkpoint is not None:
                 trainer.load_state_dict(checkpoint["trainer"])
                 if dist_info.is_main:
@@ -287,10 +324,10 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
             "main_metric": task["main_metric"],
             **summary,
             "lr": lr,
-            "batch_size": t["batch_size"] * t["grad_accum"],
+            "batch_size": dp_plan.batch_size if dp_plan else t["batch_size"] * t["grad_accum"],
             "train_examples": len(train_data),
             "device": str(device),
-            "privacy": None,
+            "privacy": trainer.privacy_record() if dp_plan else None,
             "jrft_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -19,7 +19,7 @@ from torch import nn
 from jrft_cli.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
                                  load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from jrft_cli.loop import LoopConfig, TaskInfo, Trainer
-from jrft_cli.train import config_difference, privacy_enabled
+from jrft_cli.train import config_difference, is_private
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = Path(os.environ.get("JRFT_GLUE_DIR", ROOT.parent / "shared" / "glue"))
@@ -68,10 +68,10 @@ def test_config_difference_ignores_machine_and_logging_but_not_training_settings
     assert config_difference(old, {**old, "train": {"lr": 2e-3}}) == "train.lr: 0.001 -> 0.002"
 
 
-def test_privacy_enabled_reads_the_privacy_section():
-    assert not privacy_enabled({}) and not privacy_enabled({"privacy": None})
-    assert privacy_enabled({"privacy": {"epsilon": 8}})
-    assert not privacy_enabled({"privacy": {"epsilon": 8, "enabled": False}})
+def test_is_private_reads_the_privacy_section():
+    assert not is_private({}) and not is_private({"privacy": None})
+    assert is_private({"privacy": {"enabled": True, "epsilon": 8}})
+    assert not is_private({"privacy": {"epsilon": 8, "enabled": False}})
 
 
 # -- Trainer.state_dict: an interrupted and resumed run equals an uninterrupted one --------------

@@ -325,3 +325,12 @@ def test_micro_batches_partition_the_batch():
     assert micro_batches(torch.tensor([], dtype=torch.int64), 4) == []
     with pytest.raises(PrivacyError, match="micro batch size 0 is invalid"):
         micro_batches(idx, 0)
+
+
+def test_validate_refuses_a_tiny_noise_multiplier_quickly_without_prv_blowing_up():
+    # PRV at sigma=0.01 (q=0.1, 20 steps) needs GBs; the RDP bound settles it
+    import time
+    start = time.perf_counter()
+    with pytest.raises(PrivacyError, match=r"noise multiplier 0.01 is too small for epsilon=8.0: it gives epsilon="):
+        validate(epsilon=8.0, delta=5e-4, noise_multiplier=0.01, q=0.1, steps=20, accountant="prv")
+    assert time.perf_counter() - start < 30
