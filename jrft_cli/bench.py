@@ -280,11 +280,12 @@ class _MaskHeadModel(nn.Module):
 
 
 def shift_vs_step(layers: int = 24, hidden: int = 1024, d: int = 4096, batch_size: int = 2, seq_len: int = 32,
-                  steps: int = 2, warmup: int = 1, kinds: tuple[str, ...] = ("structured", "dense"),
+                  steps: int = 3, warmup: int = 1, kinds: tuple[str, ...] = ("structured", "dense"),
                   device: torch.device | str = "cpu", shift_repeats: int = 5, vocab_size: int = 50265,
                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """z -> shifts time (forward + backward) as a fraction of one jr training step, for a RoBERTa
-    encoder of the given shapes (defaults: RoBERTa-large) with random weights (nothing downloaded)."""
+    encoder of the given shapes (defaults: RoBERTa-large) with random weights (nothing downloaded).
+    `fraction` is the median over rounds of (shift time / step time) measured back to back."""
     from transformers import RobertaConfig, RobertaModel
 
     from jrft_cli.methods import apply_method
@@ -316,11 +317,22 @@ def shift_vs_step(layers: int = 24, hidden: int = 1024, d: int = 4096, batch_siz
         model.to(device)
         trainer = Trainer(model, items, {}, collate, _TASK,
                           LoopConfig(max_steps=warmup + steps, batch_size=batch_size, lr=3e-3, warmup_ratio=0.0), device)
-        stats, _ = time_steps(lambda: trainer.train_step([items]), steps, warmup, device)
-        shift_ms = time_shift_step(model.adapter.projection, d, device, shift_repeats) * 1e3
+        for _ in range(warmup):
+            trainer.train_step([items])
+        # Each round times one step and, right after it, the z -> shifts map: the machine's load (shared
+        # here) then hits both alike, and the fraction is the median of the per-round ratios.
+        step_ms, shift_ms = [], []
+        for _ in range(steps):
+            _sync()
+            start = time.perf_counter()
+            trainer.train_step([items])
+            _sync()
+            step_ms.append((time.perf_counter() - start) * 1e3)
+            shift_ms.append(time_shift_step(model.adapter.projection, d, device, shift_repeats) * 1e3)
         out.append({"kind": kind, "d": d, "layers": layers, "hidden": hidden, "batch_size": batch_size,
-                    "seq_len": seq_len, "shift_ms": shift_ms, "jr_step_ms": stats["step_ms"],
-                    "fraction": shift_ms / stats["step_ms"], "steps": steps})
+                    "seq_len": seq_len, "shift_ms": statistics.median(shift_ms),
+                    "jr_step_ms": statistics.median(step_ms),
+                    "fraction": statistics.median(z / t for z, t in zip(shift_ms, step_ms)), "steps": steps})
         model.adapter.remove_hooks()
         del model.adapter, trainer
         release_memory()

@@ -48,7 +48,7 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                       _fmt(r["shift_ms"], ".2f")] for r in report["projection"]]))
     if report.get("shift_vs_step"):
         out.append(("z -> shifts time vs one jr training step", ["projection", "L", "H", "d", "batch x seq",
-                                                                  "z->shifts ms", "jr step ms", "fraction"],
+                                                                  "z->shifts ms", "jr step ms", "fraction (median of rounds)"],
                     [[r["kind"], str(r["layers"]), str(r["hidden"]), str(r["d"]), f"{r['batch_size']} x {r['seq_len']}",
                       _fmt(r["shift_ms"], ".2f"), _fmt(r["jr_step_ms"]), _fmt(r["fraction"], ".2%")]
                      for r in report["shift_vs_step"]]))

@@ -241,7 +241,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                                        f"{need / 1e9:.1f} GB and {psutil.virtual_memory().available / 1e9:.1f} GB are free")
             else:
                 report["shift_vs_step"] = bench.shift_vs_step(L, h, args.shift_d, args.shift_batch, args.shift_seq,
-                                                              steps=2, warmup=1, device=device, log=log)
+                                                              steps=3, warmup=1, device=device, log=log)
     report["targets"] = bench.targets(report)
     for t in report["targets"]:
         if not t["met"]:
