@@ -143,8 +143,13 @@ def test_load_state_dict_refuses_a_changed_budget():
 
 # -- the real thing: SIGTERM a `jrft train` process, relaunch it on the same run dir -------------
 
+# "jr+dp": private jr; the accountant and the Poisson sampler's generator must resume too.
+_DP = ["privacy=dp", "privacy.epsilon=8", "privacy.accountant=rdp", "privacy.batch_size=8", "privacy.micro_batch_size=4"]
+
+
 def _train_cmd(run_dir: Path, method: str) -> list[str]:
-    return [sys.executable, "-m", "jrft_cli", "train", f"method={method}", "task=rte", "logger=none",
+    method, _, dp = method.partition("+")
+    return [sys.executable, "-m", "jrft_cli", "train", f"method={method}", *(_DP if dp else []), "task=rte", "logger=none",
             "hardware=cpu", "hardware.num_threads=1", "train.max_steps=14", "train.batch_size=8",
             "train.log_every=1", "train.eval_every=5", "data.limit_train=48", "data.limit_eval=16",
             f"data.dir={GLUE}", f"hydra.run.dir={run_dir}"]
@@ -155,7 +160,7 @@ def _env():
 
 
 @pytest.mark.skipif(not (GLUE / "RTE").is_dir(), reason=f"no GLUE data at {GLUE} (set JRFT_GLUE_DIR)")
-@pytest.mark.parametrize("method", ["jr", "bitfit"])   # bitfit keeps the model's dropout: RNG state matters
+@pytest.mark.parametrize("method", ["jr", "bitfit", "jr+dp"])   # bitfit keeps dropout: RNG state matters
 def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, method):
     plain, killed = tmp_path / "plain", tmp_path / "killed"
     subprocess.run(_train_cmd(plain, method), cwd=ROOT, env=_env(), check=True, capture_output=True)
@@ -177,7 +182,7 @@ def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, method):
     assert "resuming" in again.stdout + again.stderr
     want, got = (json.loads((d / "results.json").read_text()) for d in (plain, killed))
     assert got["resumed_at_step"] >= 1
-    for key in ("dev", "best_dev", "steps"):
+    for key in ("dev", "best_dev", "steps", "privacy"):
         assert got[key] == want[key], key
     assert not (killed / CHECKPOINT_FILE).exists()     # a finished run leaves no checkpoint
     strip = lambda d: [{k: v for k, v in json.loads(l).items() if k != "train/examples_per_s"}  # noqa: E731
