@@ -76,8 +76,7 @@ def test_dp_with_several_processes_is_refused_in_one_line(tmp_path, monkeypatch)
     from jrft_cli.config import compose
     from jrft_cli.errors import JrftError
 
-    cfg = OmegaConf.to_container(compose(["logger=none", "hardware=cpu"]), resolve=True)
-    cfg["privacy"] = {"enabled": True, "epsilon": 8.0}
+    cfg = OmegaConf.to_container(compose(["logger=none", "hardware=cpu", "privacy=dp"]), resolve=True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(JrftError, match=r"DP training with 2 processes \(DDP\) is not supported") as info:
