@@ -82,7 +82,8 @@ def private_step_times(model_name: str, examples: Sequence[dict], collate: Any, 
                        methods: Sequence[str] = ("jr", "full", "lora"), d: int = 1024,
                        seed: int = 0) -> dict[str, Any]:
     """Milliseconds per optimizer step at the same logical batch: non-private jr, and DP-SGD for each
-    of `methods` (jr/jr_warp/linear on the fast path, full/bitfit/lora through opacus).
+    of `methods` (jr/jr_warp/linear on the fast path, full/bitfit/lora through opacus; "lora:ghost"
+    forces an opacus grad_sample_mode).
 
     Every variant runs the SAME logical batches (Poisson draws of expected size `batch_size` over
     `examples`, split into `micro_batch_size` micro-batches; the non-private step accumulates over
@@ -126,11 +127,13 @@ def private_step_times(model_name: str, examples: Sequence[dict], collate: Any, 
         items = [examples[i] for i in idx.tolist()]
         base.train_step([items[i:i + micro_batch_size] for i in range(0, len(items), micro_batch_size)])
     variants["jr (non-private)"] = nonprivate
-    for method in methods:
+    for spec in methods:                    # "lora" or "lora:ghost" (an opacus grad_sample_mode)
+        method, _, mode = spec.partition(":")
         plan = PrivacyPlan(noise_multiplier=1.0, sample_rate=q, steps=steps + 1, delta=1 / (2 * n),
-                           max_grad_norm=1.0, batch_size=batch_size, micro_batch_size=micro_batch_size)
+                           max_grad_norm=1.0, batch_size=batch_size, micro_batch_size=micro_batch_size,
+                           grad_sample_mode=mode or "auto")
         trainer = PrivateTrainer(build(method), examples, {}, collate, task, cfg(method), cpu, plan, method)
-        variants[f"{method} (DP)"] = lambda idx, t=trainer: t.private_step(idx)
+        variants[f"{spec} (DP)"] = lambda idx, t=trainer: t.private_step(idx)
 
     times: dict[str, list[float]] = {k: [] for k in variants}
     for r, idx in enumerate(batches):

@@ -152,19 +152,25 @@ def manual_clipped_sum(model, params, batch, labels, C):
     return sums
 
 
+@pytest.mark.parametrize("head", ["mask", "cls"])
+@pytest.mark.parametrize("C", [0.05, 1e6])     # every example clipped / none clipped (catches scaling errors)
 @pytest.mark.parametrize("method,mode", [("full", "ghost"), ("full", "hooks"), ("bitfit", "hooks"),
                                          ("bitfit", "ghost"), ("lora", "hooks"), ("lora", "ghost")])
-def test_opacus_clipped_sum_equals_per_example_clipping(tiny_roberta, method, mode):
+def test_opacus_clipped_sum_equals_per_example_clipping(tiny_roberta, method, mode, C, head):
     batch, _, labels = roberta_batch()
-    model = build(tiny_roberta, MASK, method)
+    model = build(tiny_roberta, MASK, method, head=head)
     if method == "full":
-        assert freeze_shared_embeddings(model) == ["backbone.embeddings.position_embeddings"]
+        assert freeze_shared_embeddings(model) == [
+            "backbone.embeddings.position_embeddings" if head == "mask" else "hf.roberta.embeddings.position_embeddings"]
     params = [p for p in model.parameters() if p.requires_grad]
-    C = 0.05                                    # small: every example is clipped
     sampler = OpacusGradSampler(model, params, mode, C)
     sums, norms = sampler.clipped_sum(loss_fn(model(**batch), labels, False, reduction="none"), C)
     sampler.remove()
-    assert norms.shape == (3,) and bool((norms > C).all())
+    assert norms.shape == (3,) and bool((norms > C).all() if C < 1 else (norms < C).all())
+    if C > 1:   # unclipped: the norms are the true per-example gradient norms
+        true = [torch.sqrt(sum(g.pow(2).sum() for g in per_example_backward(model, params, batch, labels, i)))
+                for i in range(3)]
+        torch.testing.assert_close(norms, torch.stack(true), atol=1e-5, rtol=1e-4)
     for s, r in zip(sums, manual_clipped_sum(model, params, batch, labels, C)):
         torch.testing.assert_close(s, r, atol=1e-6, rtol=1e-4)
 
@@ -308,9 +314,8 @@ def test_cli_refuses_bad_privacy_settings_in_one_line(tmp_path, override, messag
 @pytest.mark.parametrize("method", ["jr", "lora"])
 def test_without_noise_or_clipping_the_step_is_the_ordinary_gradient_over_the_expected_size(tiny_roberta, method):
     model = build(tiny_roberta, MASK, method, **({"d": 8} if method == "jr" else {}))
-    # Nothing is clipped (C = 1e9) and the noise std sigma * C = 1e-9 is far below the tolerance.
-    trainer = make_trainer(model, method, n=40, steps=1, sigma=1e-18)
-    trainer.plan.max_grad_norm = 1e9
+    trainer = make_trainer(model, method, n=40, steps=1, sigma=1e-15)
+    trainer.plan.max_grad_norm = 1e6                     # nothing is clipped; noise std sigma*C = 1e-9
     grads = {}
     trainer.optimizer.step = lambda: grads.update({id(p): p.grad.clone() for p in trainer.params})
     idx = torch.tensor([5, 1, 17, 30, 2, 9, 11])         # 7 examples: two micro-batches of <= 4
