@@ -202,10 +202,10 @@ def test_validate_noise_too_small_says_which_epsilon():
 
 
 def test_validate_accepts_good_settings():
-    validate(**GOOD)
+    assert validate(**GOOD) is None       # raises PrivacyError otherwise
     sigma = noise_multiplier_for(3.0, 1e-5, 0.01, 100, "rdp")
-    validate(**{**GOOD, "noise_multiplier": sigma})
-    validate(**{**GOOD, "epsilon": None, "noise_multiplier": 1.0})
+    assert validate(**{**GOOD, "noise_multiplier": sigma}) is None
+    assert validate(**{**GOOD, "epsilon": None, "noise_multiplier": 1.0}) is None
 
 
 def test_helper_errors():

@@ -134,6 +134,7 @@ def test_finish_is_always_safe(tmp_path):
     tracker = Tracker(tmp_path, {}, use_wandb=False, console=plain_console())
     tracker.finish()
     tracker.finish(exit_code=1)
+    assert tracker.wandb_run_id is None and list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,9 +43,9 @@ def test_validate_rejects_with_one_line(overrides, message):
 
 
 def test_validate_accepts_what_is_valid():
-    train.validate(plain())
-    train.validate(plain("method=lora", "d=0"))              # d is ignored by non-jr methods
-    train.validate(plain("train.epochs=0", "train.max_steps=5"))
+    assert train.validate(plain()) is None                   # raises JrftError otherwise
+    assert train.validate(plain("method=lora", "d=0")) is None      # d is ignored by non-jr methods
+    assert train.validate(plain("train.epochs=0", "train.max_steps=5")) is None
 
 
 def test_method_label():
