@@ -6,14 +6,14 @@ plain dicts of tensors and python values, so it loads with `torch.load(weights_o
 """
 from __future__ import annotations
 
-import os
 import signal
-import tempfile
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 
 import torch
+
+from jrft_cli.results import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -78,18 +78,7 @@ class StopSignals:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save `state` atomically (temp file in the same dir + rename): a kill mid-write
     leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": CHECKPOINT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save({"version": CHECKPOINT_VERSION, **state}, f), binary=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

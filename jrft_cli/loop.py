@@ -357,9 +357,12 @@ class Trainer:
             if not cfg.eval_every and self.step < self.total_steps:
                 self._eval_and_track()
         self._eval_and_track()
-        wall = time.perf_counter() - start
         if not self.is_main:
             return {"steps": self.step}
+        return self.summary(time.perf_counter() - start)
+
+    def summary(self, wall: float) -> dict[str, Any]:
+        """The finished run's part of results.json (after the final evaluation)."""
         return {
             "dev": self.final,
             "best_dev": {**self.best["metrics"], "step": self.best["step"]},

@@ -34,7 +34,7 @@ from torch import nn
 
 from jrft_cli.checkpoint import TrainingInterrupted
 from jrft_cli.errors import JrftError
-from jrft_cli.loop import Logger, LoopConfig, TaskInfo, Trainer, loss_fn, peak_memory_mb
+from jrft_cli.loop import Logger, LoopConfig, TaskInfo, Trainer, loss_fn
 from jrft_cli.privacy import (
     ACCOUNTANTS,
     Accountant,
@@ -400,16 +400,7 @@ class PrivateTrainer(Trainer):
                 self.elapsed_s = time.perf_counter() - start
                 self._checkpoint()
         self._eval_and_track()
-        wall = time.perf_counter() - start
-        return {
-            "dev": self.final,
-            "best_dev": {**self.best["metrics"], "step": self.best["step"]},
-            "steps": self.step,
-            "epochs": self.step / self.steps_per_epoch,
-            "wall_time_s": wall,
-            "examples_per_s": self.seen / wall if wall > 0 else 0.0,
-            "peak_memory_mb": peak_memory_mb(self.device),
-        }
+        return self.summary(time.perf_counter() - start)
 
     def privacy_record(self) -> dict[str, Any]:
         """results.json's `privacy`: the epsilon SPENT (by the steps actually run) and the settings."""

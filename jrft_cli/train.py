@@ -4,7 +4,6 @@ Nothing below this module knows about Hydra or OmegaConf.
 """
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import time

@@ -5,7 +5,6 @@ TARGET is a run dir or an export dir. Prints the dev metrics and writes them as 
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
