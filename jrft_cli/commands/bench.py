@@ -7,15 +7,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
+
+from jrft_cli.commands import OneLineParser
 from typing import Any
 
 HELP = "speed and memory of every method side by side (train, private, inference, projections)"
 DEFAULT_OUT = Path("docs/benchmarks")
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"jrft bench: error: {message}\n")
 
 
 def _int_list(text: str) -> list[int]:
@@ -61,7 +58,7 @@ def _non_negative(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     from jrft_cli.bench import METHOD_CHOICES, SECTIONS
 
-    p = _OneLineParser(prog="jrft bench", description=HELP)
+    p = OneLineParser(prog="jrft bench", description=HELP)
     p.add_argument("--model", default="minilm",
                    help="a conf/model key (minilm, roberta-base, ...), a Hub id or a local path (default: minilm)")
     p.add_argument("--seq-len", type=_positive, default=64, help="tokens per sequence (default 64)")

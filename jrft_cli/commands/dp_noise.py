@@ -8,18 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jrft_cli.commands import OneLineParser
+
 HELP = "noise multiplier for a target (epsilon, delta) under Poisson-sampled DP-SGD"
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad input as one line on stderr (no usage dump), exit code 2."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"jrft dp-noise: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="jrft dp-noise", description=HELP)
+    p = OneLineParser(prog="jrft dp-noise", description=HELP)
     p.add_argument("--epsilon", type=float, required=True, help="target epsilon (> 0)")
     p.add_argument("--delta", type=float, default=None, help="target delta in (0, 1); default 1/(2N)")
     p.add_argument("--n", type=int, required=True, help="training set size N")

@@ -5,16 +5,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from jrft_cli.commands import OneLineParser
+
 HELP = "export a run as a transformers checkpoint (jr shifts folded into biases)"
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"jrft export: error: {message}\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="jrft export", description=HELP)
+    p = OneLineParser(prog="jrft export", description=HELP)
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run dir (with adapter_config.json)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the export directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")

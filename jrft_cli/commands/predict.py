@@ -10,16 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from jrft_cli.commands import OneLineParser
+
 HELP = "labels and scores for text lines (or TSV pairs) from a file or stdin"
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"jrft predict: error: {message}\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="jrft predict", description=HELP)
+    p = OneLineParser(prog="jrft predict", description=HELP)
     p.add_argument("target", type=Path, metavar="TARGET", help="a run dir or an export dir")
     p.add_argument("--input", default="-", metavar="FILE", help="text lines or TSV pairs (default: stdin)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the TSV here instead of stdout")

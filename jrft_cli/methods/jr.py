@@ -132,9 +132,14 @@ class SLaSh(JointShift):
 def apply(model: nn.Module, *, d: int, position: str = "output", projection: str = "dense",
           projection_seed: int = 0, z_init: str = "normal", **_: object) -> None:
     """Freeze everything, attach SLaSh as `model.adapter`, train z and the head."""
-    model.requires_grad_(False)
-    model.adapter = SLaSh(model.backbone, d, position, projection=projection,
-                          projection_seed=projection_seed, z_init=z_init)
-    model.adapter.z.requires_grad_(True)
+    model.requires_grad_(False)   # before the adapter exists: z stays trainable
+    attach(model, SLaSh(model.backbone, d, position, projection=projection,
+                        projection_seed=projection_seed, z_init=z_init))
+
+
+def attach(model: nn.Module, adapter: JointShift) -> None:
+    """Make `adapter` the model's `adapter`; z and the head train, everything else stays frozen."""
+    model.adapter = adapter
+    adapter.z.requires_grad_(True)
     for p in model.head_parameters():
         p.requires_grad_(True)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from jrft_cli.errors import JrftError
-from jrft_cli.methods.jr import JointShift
+from jrft_cli.methods.jr import JointShift, attach
 from jrft_cli.modeling import find_encoder_layers
 
 
@@ -64,8 +64,5 @@ def apply(model: nn.Module, *, d: int, projection: str = "dense", projection_see
           z_init: str = "normal", prompt_token_id: int = 0, **_: object) -> None:
     """Freeze everything, attach JR-WARP as `model.adapter`, train z and the head."""
     model.requires_grad_(False)
-    model.adapter = JRWarp(model.backbone, d, prompt_token_id, projection=projection,
-                           projection_seed=projection_seed, z_init=z_init)
-    model.adapter.z.requires_grad_(True)
-    for p in model.head_parameters():
-        p.requires_grad_(True)
+    attach(model, JRWarp(model.backbone, d, prompt_token_id, projection=projection,
+                         projection_seed=projection_seed, z_init=z_init))
