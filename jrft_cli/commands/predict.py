@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jrft_cli.commands import OneLineParser
+from jrft_cli.commands import OneLineParser, write_output
 
 HELP = "labels and scores for text lines (or TSV pairs) from a file or stdin"
 
@@ -56,10 +56,5 @@ def main(argv: list[str]) -> int:
         cells = [str(r["label"]), f"{r['score']:.6f}"] + [f"{p:.6f}" for p in r.get("probs", [])]
         rows.append("\t".join(cells))
     text = "\n".join(rows) + "\n"
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
-        print(f"jrft predict: wrote {len(records)} predictions to {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    write_output(text, args.out, f"jrft predict: wrote {len(records)} predictions to {args.out}")
     return 0

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from jrft_cli.commands import write_output
+
 HELP = "paper-style tables (md/latex/csv) and plots from run directories"
 
 
@@ -38,12 +40,7 @@ def main(argv: list[str]) -> int:
         print(f"jrft table: no completed runs{what} under: {' '.join(args.paths)}", file=sys.stderr)
         return 1
     text = render(tables, args.format)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
-        print(f"jrft table: wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    write_output(text, args.out, f"jrft table: wrote {args.out}")
     if args.plot:
         for path in plot(runs, args.plot, args.snapshot, metric_name):
             print(f"jrft table: wrote {path}", file=sys.stderr)
