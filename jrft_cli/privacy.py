@@ -42,6 +42,9 @@ SEARCH_ITERATIONS = 60  # bisection halvings: far below float resolution of sigm
 # validate(): a given sigma whose RDP epsilon exceeds this many times the target is refused without
 # running PRV (which needs GBs there); PRV is never close to this much tighter than RDP.
 PRV_INTRACTABLE_FACTOR = 4.0
+# Without a target, PRV is refused beyond this rdp bound: its grid needs GBs (458 GiB at sigma 0.001,
+# q 0.03, 62 steps) and such an epsilon is no guarantee anyway; rdp accounts it cheaply.
+PRV_MAX_EPSILON = 100.0
 CLIP_EPS = 1e-6  # keeps C / norm finite for an all-zero gradient
 
 
@@ -171,6 +174,14 @@ def validate(
     if noise_multiplier is not None:
         if not noise_multiplier >= 0:
             raise PrivacyError(f"noise multiplier {noise_multiplier} is invalid; it must be >= 0")
+        if epsilon is None and accountant == "prv" and noise_multiplier > 0:
+            rdp = epsilon_for(noise_multiplier, q, steps, delta, "rdp")
+            if rdp > PRV_MAX_EPSILON:
+                raise PrivacyError(
+                    f"noise multiplier {noise_multiplier} is too small for the prv accountant: the run would spend "
+                    f"epsilon={rdp:.4g} (rdp bound, delta={delta}, q={q}, {steps} steps), beyond what prv can "
+                    f"account (> {PRV_MAX_EPSILON:g}); use accountant rdp or a larger noise multiplier"
+                )
         if epsilon is not None:
             if accountant == "prv" and noise_multiplier > 0:
                 # PRV's grid grows without bound as sigma shrinks (GBs at sigma ~ 0.01); far from the
@@ -222,7 +233,7 @@ class Accountant:
         try:
             with _quiet():
                 eps = float(self._acc.get_epsilon(delta=delta, **_accountant_kwargs(self.kind)))
-        except (RuntimeError, FloatingPointError, OverflowError) as e:
+        except (RuntimeError, FloatingPointError, OverflowError, MemoryError) as e:
             # opacus' PRV has known numerical failures (e.g. "Discrete mean differs ...")
             raise PrivacyError(
                 f"{self.kind} accountant failed for history {self.state_dict()['history']}: {e}; "
