@@ -28,7 +28,7 @@ from jrft_cli.results import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, MetricsWri
 
 JR_METHODS = ("jr", "jr_warp")
 # Keys of a method config that are not options of its apply() step.
-_NOT_OPTIONS = ("name", "lr", "head", "dropout")
+_NOT_OPTIONS = ("name", "lr", "dp_lr", "head", "dropout")
 
 
 def seed_everything(seed: int) -> None:
@@ -52,11 +52,22 @@ def validate(cfg: dict[str, Any]) -> None:
             raise JrftError(f"train.{key}={t[key]!r} is not valid; it must be a positive integer")
     if t["max_steps"] <= 0 and not t["epochs"] > 0:
         raise JrftError(f"train.epochs={t['epochs']!r} is not valid; it must be > 0 (or set train.max_steps > 0)")
-    lr = t["lr"] if t["lr"] is not None else cfg["method"]["lr"]
+    lr = learning_rate(cfg)
     if not lr or lr <= 0:
         raise JrftError(f"train.lr={lr!r} is not valid; it must be > 0 (null = the method's default)")
     if is_private(cfg):
         validate_privacy(cfg)
+
+
+def learning_rate(cfg: dict[str, Any]) -> float:
+    """train.lr when set; else the method's default: `method.dp_lr` under privacy=dp when the method
+    has one (DP-SGD's few, noisy, clipped steps can want another rate), `method.lr` otherwise."""
+    if cfg["train"]["lr"] is not None:
+        return cfg["train"]["lr"]
+    m = cfg["method"]
+    if is_private(cfg) and m.get("dp_lr") is not None:
+        return m["dp_lr"]
+    return m["lr"]
 
 
 def is_private(cfg: dict[str, Any]) -> bool:
@@ -255,7 +266,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
     model = build_model(cfg, tokenizer, num_labels).to(device)
     trainable, total = count_parameters(model)
 
-    lr = t["lr"] if t["lr"] is not None else m["lr"]
+    lr = learning_rate(cfg)
     loop_cfg = LoopConfig(epochs=t["epochs"], max_steps=t["max_steps"], batch_size=t["batch_size"], lr=lr,
                           warmup_ratio=t["warmup_ratio"], weight_decay=t.get("weight_decay", 0.0),
                           grad_accum=t["grad_accum"], eval_every=t["eval_every"], max_grad_norm=t.get("max_grad_norm"),

@@ -96,3 +96,15 @@ def test_jr_learns_sst2(tmp_path, glue_dir):
     assert results["trainable_params"] == 1024 + 770
     assert results["dev"]["accuracy"] >= 0.70, (results["dev"], elapsed)
     assert json.loads((tmp_path / "run" / RESULTS_FILE).read_text())["dev"] == results["dev"]
+
+
+def test_learning_rate_prefers_train_lr_then_dp_lr_under_privacy_then_the_method_default():
+    jr = plain("method=jr")
+    jr["method"]["lr"], jr["method"]["dp_lr"] = 3e-3, 1e-2
+    assert train.learning_rate(jr) == 3e-3                          # non-private: the method's lr
+    private = {**jr, "privacy": {**jr["privacy"], "enabled": True}}
+    assert train.learning_rate(private) == 1e-2                     # DP: the method's dp_lr
+    assert train.learning_rate({**private, "train": {**private["train"], "lr": 5e-3}}) == 5e-3   # explicit wins
+    private["method"] = {**private["method"], "dp_lr": None}
+    assert train.learning_rate(private) == 3e-3                     # no dp_lr: the method's lr
+    assert train.learning_rate(plain("method=lora", "privacy=dp")) == plain("method=lora")["method"]["lr"]
