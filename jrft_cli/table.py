@@ -80,9 +80,9 @@ class Row:
 
     @property
     def label(self) -> str:
-        lo, hi = self.params
-        return f"{self.method} ({format_params(lo)})" if lo == hi else \
-            f"{self.method} ({format_params(lo)}–{format_params(hi)})"
+        lo, hi = (format_params(n) for n in self.params)
+        # a range only when it shows: full finetuning's 22,566,146 vs 22,565,761 both read 22.6M
+        return f"{self.method} ({lo})" if lo == hi else f"{self.method} ({lo}–{hi})"
 
     @property
     def avg(self) -> float:

@@ -139,6 +139,16 @@ def test_param_count_range_when_head_size_differs():
     assert table.rows[0].label == "jr d=1024 (1.8K–2.2K)"
 
 
+def test_param_count_range_only_when_it_shows():
+    # found in small_glue: full finetuning's head is 1 (STS-B) or 2 outputs wide, and read "22.6M–22.6M"
+    runs = [_run(method="full", method_label="full", trainable_params=22_566_146),
+            _run(task="stsb", method="full", method_label="full", trainable_params=22_565_761,
+                 main_metric="pearson", best_dev={"pearson": 0.8})]
+    (table,) = build_tables(runs)
+    assert table.rows[0].params == (22_565_761, 22_566_146)
+    assert table.rows[0].label == "full (22.6M)"
+
+
 @pytest.mark.parametrize("n, text", [(770, "770"), (4866, "4.9K"), (9986, "10.0K"), (999_960, "1.0M"),
                                      (22_614_530, "22.6M"), (355_000_000, "355.0M")])
 def test_format_params(n, text):
