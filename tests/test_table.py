@@ -116,6 +116,16 @@ def test_epsilon_grouping_tolerates_accountant_rounding():
     assert table.epsilon == 8.0 and table.rows[0].cells[("sst2", "accuracy")].n == 2
 
 
+def test_epsilon_grouping_uses_the_target_when_the_spent_epsilon_differs_by_task():
+    # found in small_glue: target 8 spent 7.9954 on SST-2 and 7.9929 on MRPC, which made two tables
+    runs = [_run(privacy={"epsilon": 7.995416, "target_epsilon": 8.0}),
+            _run(task="mrpc", privacy={"epsilon": 7.992944, "target_epsilon": 8.0})]
+    (table,) = build_tables(runs)
+    assert table.epsilon == 8.0 and [c.task for c in table.columns] == ["sst2", "mrpc"]
+    no_target = _run(privacy={"epsilon": 2.71828, "target_epsilon": None})   # noise given: grouped by spent
+    assert [t.epsilon for t in build_tables([no_target])] == [2.72]
+
+
 def test_final_snapshot_reads_dev(fixture_runs):
     runs, _ = fixture_runs
     rows = {r.method: r for r in build_tables(runs, "final")[0].rows}
