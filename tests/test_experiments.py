@@ -37,13 +37,25 @@ def test_rows_choose_the_method_and_its_width(row, method, d):
 
 def test_small_glue_is_minilm_on_the_local_glue_tasks_and_every_method():
     cfg = _compose(["experiment=small_glue", "+row=jr_d1024", "task=rte"])
-    assert cfg.model.key == "minilm" and cfg.hardware.device == "cpu" and cfg.data.limit_train == 8000
+    assert cfg.model.key == "minilm" and cfg.hardware.device == "cpu"
+    assert cfg.data.limit_train is None                      # RTE (like CoLA, MRPC, STS-B) in full
+    assert _compose(["experiment=small_glue", "task=sst2"]).data.limit_train == 8000   # SST-2: a fixed subset
     jobs = _jobs("small_glue")
     assert len(jobs) == 7 * 5
     assert {j["task"] for j in jobs} == {"sst2", "cola", "mrpc", "stsb", "rte"}
     assert {j["+row"] for j in jobs} == {"full", "bitfit", "lora_r1", "linear", "jr_d64", "jr_d1024", "jr_warp_d1024"}
     second = _jobs("small_glue", ["+row=jr_d64,jr_d1024,jr_warp_d1024", "seed=1"])   # the jr rows' second seed
     assert len(second) == 3 * 5 and {j["seed"] for j in second} == {"1"}
+
+
+@pytest.mark.skipif("dp" not in group_choices("privacy"), reason="the privacy config group (privacy=dp) is not in this build")
+def test_small_glue_dp_is_the_private_slice_jr_and_lora_at_epsilon_8():
+    cfg = _compose(["experiment=small_glue_dp", "+row=jr_d1024", "task=sst2"])
+    assert cfg.privacy.enabled and cfg.privacy.epsilon == 8 and cfg.model.key == "minilm"
+    assert cfg.data.limit_train == 8000 and cfg.privacy.batch_size == 256
+    assert _compose(["experiment=small_glue_dp", "task=mrpc"]).data.limit_train is None
+    jobs = _jobs("small_glue_dp")
+    assert {(j["+row"], j["task"]) for j in jobs} == {(r, t) for r in ("jr_d1024", "lora_r1") for t in ("sst2", "mrpc")}
 
 
 @pytest.mark.parametrize("size, n_rows", [("base", 8), ("large", 9)])
