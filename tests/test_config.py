@@ -76,6 +76,7 @@ def test_experiment_quickstart_composes():
     assert (cfg.method.name, cfg.task.name, cfg.d) == ("jr", "sst2", 1024)
     assert cfg.train.epochs == preset["train"]["epochs"]
     assert cfg.data.limit_train == preset["data"]["limit_train"] == 8000     # the preset wins over config.yaml
+    assert cfg.train.lr == 3e-3 != cfg.method.lr             # METHOD.md's reference lr, not jr's default
     assert compose(["experiment=quickstart", "d=64"]).method.d == 64         # and the command line over both
 
 
