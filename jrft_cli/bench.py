@@ -31,6 +31,7 @@ from torch import nn
 
 from jrft_cli.benchmarks import _sync, inference_latency, projection_table, time_shift_step
 from jrft_cli.loop import LoopConfig, TaskInfo, Trainer
+from jrft_cli.modeling import count_parameters
 
 SCHEMA = "jrft-bench/1"
 METHOD_CHOICES = ("full", "bitfit", "lora", "linear", "jr", "jr_warp", "naive_jr")
@@ -147,10 +148,6 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int, device: torch.d
 
 # ---------------------------------------------------------------- sections
 
-def _count(model: nn.Module) -> tuple[int, int]:
-    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
-
-
 @dataclass
 class Runner:
     """A row made ready to step: its section, its result fields so far, and its step function."""
@@ -163,7 +160,7 @@ class Runner:
 def prepare_train(row: Row, items: list[dict], collate: Callable, device: torch.device, total_steps: int) -> Runner:
     """A non-private row: its model on `device` and loop.Trainer.train_step on the fixed batch."""
     model = row.build().to(device)
-    trainable, total = _count(model)
+    trainable, total = count_parameters(model)
     cfg = LoopConfig(max_steps=total_steps, batch_size=len(items), lr=row.lr, warmup_ratio=0.0)
     trainer = Trainer(model, items, {}, collate, _TASK, cfg, device)
     info = {"label": row.label, "method": row.method, **row.extra, "trainable_params": trainable, "total_params": total}
@@ -178,7 +175,7 @@ def prepare_private(row: Row, items: list[dict], collate: Callable, device: torc
     is exactly the batch (every step sees the whole batch, as the non-private rows do), one
     micro-batch. `naive_jr`: naive_jr.NaivePrivateStep (opacus GradSampleModule)."""
     model = row.build().to(device)
-    trainable, _ = _count(model)
+    trainable, _ = count_parameters(model)
     if row.method == "naive_jr":
         from jrft_cli.naive_jr import NaivePrivateStep
 

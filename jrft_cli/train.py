@@ -264,7 +264,6 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
     dp_plan = privacy_plan(cfg, len(train_data)) if is_private(cfg) else None   # before the model loads
 
     model = build_model(cfg, tokenizer, num_labels).to(device)
-    trainable, total = count_parameters(model)
 
     lr = learning_rate(cfg)
     loop_cfg = LoopConfig(epochs=t["epochs"], max_steps=t["max_steps"], batch_size=t["batch_size"], lr=lr,
@@ -300,7 +299,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
             else:
                 trainer = Trainer(model, train_data, eval_sets, collate, task_info, loop_cfg, device,
                                   hw.get("precision", "fp32"), **hooks)
-            trainable, total = count_parameters(model)   # DP full finetuning freezes position embeddings
+            trainable, total = count_parameters(model)   # after the trainer: DP full finetuning freezes position embeddings
             if checkpoint is not None:
                 trainer.load_state_dict(checkpoint["trainer"])
                 if dist_info.is_main:
