@@ -23,19 +23,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from jrft_cli.benchmarks import private_step_times
     from jrft_cli.config import compose
     from jrft_cli.data import encode, load_split, make_collate
-    from jrft_cli.modeling import resolve_model_name
+    from jrft_cli.modeling import load_tokenizer, resolve_model_name
     from omegaconf import OmegaConf
 
     hf_logging.set_verbosity_error()
     cfg = OmegaConf.to_container(compose(["task=sst2"]), resolve=True)
     path = resolve_model_name(cfg["model"]["name"])
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = load_tokenizer(cfg["model"]["name"])
     rows = load_split(cfg["task"], "train", args.glue, args.rows)
     data = encode(rows, tok, mask_format=True, max_length=128)
     out = private_step_times(path, data, make_collate(tok, False), tok.mask_token_id, tok.pad_token_id,

@@ -35,24 +35,20 @@ def _choice_list(choices: tuple[str, ...], what: str):
     return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return v
+def _int_at_least(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = low - 1
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what} integer")
+        return v
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
-    return v
+_positive = _int_at_least(1, "positive")
+_non_negative = _int_at_least(0, "non-negative")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -153,13 +149,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     import os
 
     import torch
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from jrft_cli import bench
     from jrft_cli.data import make_collate
     from jrft_cli.loop import resolve_device
-    from jrft_cli.modeling import model_id, resolve_model_name
+    from jrft_cli.modeling import load_tokenizer, model_id
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -185,7 +180,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
     needs_model = any(s in args.only for s in ("train", "private", "inference"))
     if needs_model:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(model_name))
+        tokenizer = load_tokenizer(model_name)
         items = bench.synthetic_batch(tokenizer, args.batch_size, args.seq_len)
         collate = make_collate(tokenizer, is_regression=False)
     # Train and private rows share one pool of round-robin rounds (see bench.run_rows); a method's
