@@ -12,13 +12,13 @@ import sys
 
 # command name -> module path
 COMMANDS: dict[str, str] = {
-    "train": "jrft_cli.commands.train",
-    "eval": "jrft_cli.commands.eval",
-    "predict": "jrft_cli.commands.predict",
-    "export": "jrft_cli.commands.export",
-    "table": "jrft_cli.commands.table",
-    "bench": "jrft_cli.commands.bench",
-    "dp-noise": "jrft_cli.commands.dp_noise",
+    "train": "jrft_cli.cli.train",
+    "eval": "jrft_cli.cli.eval",
+    "predict": "jrft_cli.cli.predict",
+    "export": "jrft_cli.cli.export",
+    "table": "jrft_cli.cli.table",
+    "bench": "jrft_cli.cli.bench",
+    "dp-noise": "jrft_cli.cli.dp_noise",
 }
 
 

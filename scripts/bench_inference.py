@@ -31,12 +31,12 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from jrft_cli.artifact import save_artifact
-    from jrft_cli.benchmarks import inference_latency
-    from jrft_cli.config import compose
-    from jrft_cli.export import export_run
-    from jrft_cli.modeling import resolve_model_name
-    from jrft_cli.train import build_model
+    from jrft_cli.core.artifact import save_artifact
+    from jrft_cli.bench.measure import inference_latency
+    from jrft_cli.cli.config import compose
+    from jrft_cli.serving.export import export_run
+    from jrft_cli.core.backbone import resolve_model_name
+    from jrft_cli.training.recipe import build_model
     from omegaconf import OmegaConf
 
     hf_logging.set_verbosity_error()

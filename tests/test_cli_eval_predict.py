@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def run_and_export(tmp_path_factory) -> tuple[Path, Path, dict]:
-    from jrft_cli.train import run
+    from jrft_cli.training.recipe import run
 
     if not (GLUE / "RTE" / "dev.tsv").is_file():
         pytest.skip(f"GLUE RTE not found under {GLUE}")

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from jrft_cli.config import group_choices
-from jrft_cli.results import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, METRICS_FILE, RESULTS_FILE
+from jrft_cli.cli.config import group_choices
+from jrft_cli.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 
 from conftest import REPO, find_glue_dir, subprocess_env
 
@@ -164,7 +164,7 @@ def test_stsb_regression_end_to_end(tmp_path):
 
 
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
-    from jrft_cli.tracking import read_offline_run
+    from jrft_cli.training.tracking import read_offline_run
 
     run_dir = tmp_path / "wb"
     home = tmp_path / "home"

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from jrft_cli.config import GROUPS, compose, config_dir, group_choices
-from jrft_cli.methods import METHODS
-from jrft_cli.train import validate
+from jrft_cli.cli.config import GROUPS, compose, config_dir, group_choices
+from jrft_cli.core.methods import METHODS
+from jrft_cli.training.recipe import validate
 
 from conftest import REPO, subprocess_env
 

@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 import torch
 
-from jrft_cli.data import Example, encode, load_split, make_collate, read_tsv
-from jrft_cli.errors import JrftError
+from jrft_cli.tasks.glue import Example, encode, load_split, make_collate, read_tsv
+from jrft_cli.core.errors import JrftError
 
 # Row counts from /work/shared/glue/README.md (data rows, header excluded): (train, dev); None = not shipped.
 ROWS = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jrft_cli.distributed import SINGLE, DistInfo, detect
-from jrft_cli.loop import shard
+from jrft_cli.training.distributed import SINGLE, DistInfo, detect
+from jrft_cli.training.loop import shard
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = Path(os.environ.get("JRFT_GLUE_DIR", ROOT.parent / "shared" / "glue"))
@@ -72,9 +72,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 def test_dp_with_several_processes_is_refused_in_one_line(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from jrft_cli import train
-    from jrft_cli.config import compose
-    from jrft_cli.errors import JrftError
+    from jrft_cli.training import recipe as train
+    from jrft_cli.cli.config import compose
+    from jrft_cli.core.errors import JrftError
 
     cfg = OmegaConf.to_container(compose(["logger=none", "hardware=cpu", "privacy=dp"]), resolve=True)
     monkeypatch.setenv("WORLD_SIZE", "2")

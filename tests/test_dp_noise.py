@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jrft_cli.commands import dp_noise
-from jrft_cli.privacy import default_delta, epsilon_for, noise_multiplier_for
+from jrft_cli.cli import dp_noise
+from jrft_cli.dp.accounting import default_delta, epsilon_for, noise_multiplier_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

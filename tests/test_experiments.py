@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import open_dict
 
-from jrft_cli.config import config_dir, group_choices
-from jrft_cli.hydra_callbacks import expand_sweep
+from jrft_cli.cli.config import config_dir, group_choices
+from jrft_cli.cli.hydra_callbacks import expand_sweep
 
 
 def _compose(overrides: list[str], hydra: bool = False):

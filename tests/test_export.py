@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from export_helpers import PAIR_TEXTS, load_isolated, make_run_dir, tiny_roberta
-from jrft_cli.artifact import load_artifact
-from jrft_cli.errors import JrftError
-from jrft_cli.export import export_run, fold_shifts
-from jrft_cli.methods.jr import locate
-from jrft_cli.modeling import find_encoder_layers
+from jrft_cli.core.artifact import load_artifact
+from jrft_cli.core.errors import JrftError
+from jrft_cli.serving.export import export_run, fold_shifts
+from jrft_cli.core.methods.jr import locate
+from jrft_cli.core.backbone import find_encoder_layers
 
 torch.set_num_threads(1)
 TOL = 1e-5

@@ -7,19 +7,10 @@ import math
 import pytest
 import torch
 
-from jrft_cli.data import make_collate
-from jrft_cli.loop import (
-    LoopConfig,
-    TaskInfo,
-    Trainer,
-    autocast_dtype,
-    epoch_order,
-    evaluate,
-    loss_fn,
-    predict,
-    resolve_device,
-)
-from jrft_cli.methods import apply_method
+from jrft_cli.tasks.glue import make_collate
+from jrft_cli.training.loop import LoopConfig, Trainer, autocast_dtype, epoch_order, resolve_device
+from jrft_cli.tasks.evaluation import TaskInfo, evaluate, loss_fn, predict
+from jrft_cli.core.methods import apply_method
 
 SST2 = TaskInfo(False, ["accuracy"], "accuracy")
 CPU = torch.device("cpu")
@@ -45,7 +36,7 @@ def test_devices_and_precision_on_cpu():
     assert resolve_device("cpu") == CPU
     if not torch.cuda.is_available():
         assert resolve_device("auto") == CPU
-        from jrft_cli.errors import JrftError
+        from jrft_cli.core.errors import JrftError
         with pytest.raises(JrftError, match="no CUDA device is available; use hardware=cpu"):
             resolve_device("cuda")
     assert autocast_dtype("bf16", CPU) is None and autocast_dtype("auto", CPU) is None
@@ -94,7 +85,7 @@ def grads_after_one_step(make_model, tokenizer, items, micro_batches):
 
 
 def test_gradient_accumulation_equals_the_big_batch(make_model, tokenizer, sst2_train):
-    from jrft_cli.data import encode
+    from jrft_cli.tasks.glue import encode
 
     items = equal_length_items(encode(sst2_train[:400], tokenizer, mask_format=True, max_length=32), tokenizer)
     loss_acc, grads_acc = grads_after_one_step(make_model, tokenizer, items, [items[:8], items[8:]])

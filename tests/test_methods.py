@@ -7,12 +7,13 @@ import copy
 import pytest
 import torch
 
-from jrft_cli.errors import JrftError
-from jrft_cli.loop import LoopConfig, TaskInfo, Trainer, loss_fn
-from jrft_cli.methods import METHODS, apply_method
-from jrft_cli.methods.jr import locate
-from jrft_cli.data import make_collate
-from jrft_cli.modeling import count_parameters, find_encoder_layers
+from jrft_cli.core.errors import JrftError
+from jrft_cli.training.loop import LoopConfig, Trainer
+from jrft_cli.tasks.evaluation import TaskInfo, loss_fn
+from jrft_cli.core.methods import METHODS, apply_method
+from jrft_cli.core.methods.jr import locate
+from jrft_cli.tasks.glue import make_collate
+from jrft_cli.core.backbone import count_parameters, find_encoder_layers
 
 from conftest import state_snapshot
 

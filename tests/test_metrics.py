@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from jrft_cli.metrics import METRICS, TASK_METRICS, compute_metrics
+from jrft_cli.tasks.metrics import METRICS, TASK_METRICS, compute_metrics
 
 # 10 binary examples: TP=3, FN=1, FP=2, TN=4
 LABELS = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]

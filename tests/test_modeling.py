@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jrft_cli.errors import JrftError
-from jrft_cli.modeling import (
+from jrft_cli.core.errors import JrftError
+from jrft_cli.core.backbone import (
     SequenceClassifier,
     count_parameters,
     find_encoder_layers,

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from jrft_cli.loop import loss_fn
+from jrft_cli.tasks.evaluation import loss_fn
 
 
 def test_naive_reference_matches_the_fast_path():
     from opacus import GradSampleModule
     from transformers import AutoTokenizer
 
-    from jrft_cli.modeling import resolve_model_name
-    from jrft_cli.naive_jr import DenseShift, apply_naive_jr
-    from jrft_cli.train import build_model
+    from jrft_cli.core.backbone import resolve_model_name
+    from jrft_cli.bench.naive_jr import DenseShift, apply_naive_jr
+    from jrft_cli.training.recipe import build_model
     from export_helpers import compose_cfg
 
     cfg = compose_cfg(["method=jr", "d=64"])

@@ -12,8 +12,8 @@ from opacus.accountants.utils import get_noise_multiplier
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from jrft_cli import privacy
-from jrft_cli.privacy import (
+from jrft_cli.dp import accounting as privacy
+from jrft_cli.dp.accounting import (
     Accountant,
     PRV_MAX_EPSILON,
     PrivacyError,

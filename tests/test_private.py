@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from jrft_cli.errors import JrftError
-from jrft_cli.loop import LoopConfig, TaskInfo, loss_fn
-from jrft_cli.methods import apply_method
-from jrft_cli.modeling import SequenceClassifier
-from jrft_cli.privacy import PrivacyError, epsilon_for
-from jrft_cli.private import (
-    OpacusGradSampler, PrivacyPlan, PrivateTrainer, ShiftGradSampler, freeze_shared_embeddings, plan,
-)
+from jrft_cli.core.errors import JrftError
+from jrft_cli.training.loop import LoopConfig
+from jrft_cli.tasks.evaluation import TaskInfo, loss_fn
+from jrft_cli.core.methods import apply_method
+from jrft_cli.core.backbone import SequenceClassifier
+from jrft_cli.dp.accounting import PrivacyError, epsilon_for
+from jrft_cli.dp.private import OpacusGradSampler, PrivacyPlan, ShiftGradSampler, freeze_shared_embeddings, plan
+from jrft_cli.training.private_loop import PrivateTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(2)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from jrft_cli.projection import PROJECTION_KINDS, Projection, make_projection
+from jrft_cli.core.projection import PROJECTION_KINDS, Projection, make_projection
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Sweep summaries (jrft_cli.sweep, the Hydra callback) and relaunching a sweep: finished jobs are skipped."""
+"""Sweep summaries (jrft_cli.reporting.sweep, the Hydra callback) and relaunching a sweep: finished jobs are skipped."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jrft_cli.sweep import SUMMARY_JSON, SUMMARY_MD, run_status, summarize
+from jrft_cli.reporting.sweep import SUMMARY_JSON, SUMMARY_MD, run_status, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = Path(os.environ.get("JRFT_GLUE_DIR", ROOT.parent / "shared" / "glue"))

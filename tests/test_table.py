@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from jrft_cli.table import build_tables, collect, format_params, plot, render
+from jrft_cli.reporting.table import build_tables, collect, format_params, plot, render
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "table"

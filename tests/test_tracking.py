@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from jrft_cli.tracking import (
+from jrft_cli.training.tracking import (
     Tracker,
     read_offline_run,
     resolve_wandb_mode,
@@ -66,7 +66,7 @@ def closed_port() -> int:
 
 def test_without_wandb_nothing_imports_wandb_and_no_wandb_dir(tmp_path):
     code = (
-        "import sys; from pathlib import Path; from jrft_cli.tracking import Tracker\n"
+        "import sys; from pathlib import Path; from jrft_cli.training.tracking import Tracker\n"
         f"t = Tracker(Path({str(tmp_path)!r}), {{'lr': 0.1}}, use_wandb=True, mode='disabled')\n"
         f"u = Tracker(Path({str(tmp_path)!r}), {{'lr': 0.1}}, use_wandb=False)\n"
         "u.print_config(); u.start_progress(2, 'train'); u.log({'train/loss': 0.25}, step=1)\n"

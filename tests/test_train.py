@@ -1,4 +1,4 @@
-"""jrft_cli.train: validation, labels, seeded model building, the run-dir contract of run(), and that jr learns."""
+"""jrft_cli.training.recipe: validation, labels, seeded model building, the run-dir contract of run(), and that jr learns."""
 from __future__ import annotations
 
 import io
@@ -10,10 +10,10 @@ import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from jrft_cli import train
-from jrft_cli.config import compose
-from jrft_cli.errors import JrftError
-from jrft_cli.results import RESULTS_FILE
+from jrft_cli.training import recipe as train
+from jrft_cli.cli.config import compose
+from jrft_cli.core.errors import JrftError
+from jrft_cli.core.files import RESULTS_FILE
 
 
 def plain(*overrides: str) -> dict:

@@ -1,0 +1,60 @@
+"""`jrft predict TARGET [--input FILE] [--out FILE]`: labels and scores for text lines.
+
+Input: one text per line, or `text1<TAB>text2` per line for pair tasks; from FILE or stdin.
+Output (TSV with a header): label, score (the predicted class's probability; the value for
+regression), then one probability column per class.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jrft_cli.cli import OneLineParser, write_output
+
+HELP = "labels and scores for text lines (or TSV pairs) from a file or stdin"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="jrft predict", description=HELP)
+    p.add_argument("target", type=Path, metavar="TARGET", help="a run dir or an export dir")
+    p.add_argument("--input", default="-", metavar="FILE", help="text lines or TSV pairs (default: stdin)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write the TSV here instead of stdout")
+    p.add_argument("--batch-size", type=int, default=64)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from jrft_cli.core.errors import JrftError
+
+    args = parser().parse_args(argv)
+    try:
+        if args.batch_size <= 0:
+            raise JrftError(f"--batch-size={args.batch_size} is not valid; it must be a positive integer")
+        from jrft_cli.serving.inference import load_target, parse_rows, predict_rows, target_task
+
+        target_task(args.target)   # a bad target fails before stdin is read
+        if args.input == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            path = Path(args.input)
+            if not path.is_file():
+                raise JrftError(f"--input {args.input!r} is not a file; pass a text file or '-' for stdin")
+            lines = path.read_text(encoding="utf-8").splitlines()
+        import torch
+
+        torch.set_num_threads(min(torch.get_num_threads(), 4))
+        target = load_target(args.target)
+        records = predict_rows(target, parse_rows(lines, target.task), args.batch_size)
+    except JrftError as e:
+        print(f"jrft predict: error: {e}", file=sys.stderr)
+        return 2
+    regression = target.task["is_regression"]
+    header = ["label", "score"] + ([] if regression else target.label_names)
+    rows = ["\t".join(header)]
+    for r in records:
+        cells = [str(r["label"]), f"{r['score']:.6f}"] + [f"{p:.6f}" for p in r.get("probs", [])]
+        rows.append("\t".join(cells))
+    text = "\n".join(rows) + "\n"
+    write_output(text, args.out, f"jrft predict: wrote {len(records)} predictions to {args.out}")
+    return 0

@@ -1,0 +1,47 @@
+"""`jrft table PATHS...`: paper-style tables (md/latex/csv) and plots from run directories."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jrft_cli.cli import write_output
+
+HELP = "paper-style tables (md/latex/csv) and plots from run directories"
+
+
+def parser() -> argparse.ArgumentParser:
+    from jrft_cli.reporting.table import FORMATS, SNAPSHOTS
+
+    p = argparse.ArgumentParser(prog="jrft table", description=HELP)
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="run dirs, sweep dirs or any folders (searched recursively for results.json)")
+    p.add_argument("--format", default="md", choices=FORMATS, help="output format (default: md)")
+    p.add_argument("--out", type=Path, help="write the table to this file instead of stdout")
+    p.add_argument("--plot", type=Path, metavar="DIR", help="also write PNG plots into DIR")
+    p.add_argument("--metric", default="main", metavar="main|NAME",
+                   help="'main' = each task's main metric (default), or a metric name for every task")
+    p.add_argument("--snapshot", default="best", choices=list(SNAPSHOTS),
+                   help="best = best dev checkpoint (best_dev, default); final = last evaluation (dev)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from jrft_cli.reporting.table import build_tables, collect, plot, render
+
+    args = parser().parse_args(argv)
+    runs, skipped = collect(args.paths)
+    for path, reason in skipped:
+        print(f"jrft table: skipped {path}: {reason}", file=sys.stderr)
+    metric_name = None if args.metric == "main" else args.metric
+    tables = build_tables(runs, args.snapshot, metric_name)
+    if not tables:
+        what = f" with metric {metric_name!r}" if metric_name and runs else ""
+        print(f"jrft table: no completed runs{what} under: {' '.join(args.paths)}", file=sys.stderr)
+        return 1
+    text = render(tables, args.format)
+    write_output(text, args.out, f"jrft table: wrote {args.out}")
+    if args.plot:
+        for path in plot(runs, args.plot, args.snapshot, metric_name):
+            print(f"jrft table: wrote {path}", file=sys.stderr)
+    return 0

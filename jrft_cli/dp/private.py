@@ -1,0 +1,284 @@
+"""Differentially private training (DP-SGD) for every method, on top of the ordinary loop.
+
+Each step draws a Poisson logical batch (every example joins with probability q = B/N), splits it
+into physical micro-batches (memory stays bounded whatever the batch), clips each example's
+gradient jointly over all trainable tensors, sums, adds N(0, (sigma C)^2) noise, divides by the
+EXPECTED batch size q*N, and takes an optimizer step; the accountant records (sigma, q) for every
+step actually run, empty batches (a noise-only step) included.
+
+Per-example gradients come from one of two samplers:
+- `ShiftGradSampler` (jr, jr_warp, linear): exact, from ONE ordinary backward pass of the summed
+  loss. z's come from the per-example shift tensor S (B, L, H) (see methods/jr.py): row i of
+  S.grad is example i's gradient w.r.t. the shifts, mapped to z by the projection's transpose. The
+  head's are outer products of its input with dL_i/d(output) (opacus' Linear grad sampler on
+  activations we capture). No per-sample hooks touch the frozen backbone.
+- `OpacusGradSampler` (full, bitfit, lora): opacus' hooks on the trainable layers (Linear,
+  Embedding, LayerNorm). `ghost` clipping (per-example norms without materialising per-example
+  gradients, then a second, re-weighted backward) for full finetuning, where per-example gradients
+  of the word embeddings alone would be B x V x H; plain `hooks` for bitfit and lora, whose
+  per-example gradients are small and save the second backward.
+  Under DP, full finetuning freezes the position embeddings: BERT-family models look them up
+  with one (1, T) index tensor shared by the batch, which has no per-example gradient.
+
+Nothing here knows Hydra; the plan is built from a plain dict (conf/privacy/dp.yaml).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from jrft_cli.core.errors import JrftError
+from jrft_cli.dp.accounting import (
+    ACCOUNTANTS,
+    PrivacyError,
+    clip_and_sum,
+    default_delta,
+    noise_multiplier_for,
+    sample_rate,
+    steps_for,
+    validate,
+)
+
+FAST_METHODS = ("jr", "jr_warp", "linear")
+OPACUS_METHODS = ("full", "bitfit", "lora")
+GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
+# The fastest correct opacus mode per method, measured with benchmarks.private_step_times (MiniLM, SST-2,
+# logical batch 256): lora hooks 1029 ms vs ghost 1517 ms per step; full needs ghost (B x V x H embeddings).
+AUTO_MODE = {"full": "ghost", "bitfit": "hooks", "lora": "hooks"}
+
+
+@dataclass
+class PrivacyPlan:
+    """Everything a private run needs, resolved and validated (see `plan`)."""
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    max_grad_norm: float
+    batch_size: int                 # expected logical batch, q * N
+    micro_batch_size: int           # physical batch
+    accountant: str = "prv"
+    target_epsilon: float | None = None
+    constant_lr: bool = True
+    grad_sample_mode: str = "auto"
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PrivacyError(f"privacy.{key}={value!r} is invalid; it must be an integer >= 1")
+    return value
+
+
+def check_settings(p: dict[str, Any]) -> None:
+    """Checks that need no data (run before anything loads). Raises PrivacyError (one line)."""
+    if p.get("accountant", "prv") not in ACCOUNTANTS:
+        raise PrivacyError(f"privacy.accountant={p.get('accountant')!r} is invalid; choose one of: {', '.join(ACCOUNTANTS)}")
+    eps, delta, sigma = p.get("epsilon"), p.get("delta"), p.get("noise_multiplier")
+    if eps is not None and not eps > 0:
+        raise PrivacyError(f"privacy.epsilon={eps} is invalid; it must be > 0")
+    if delta is not None and not 0 < delta < 1:
+        raise PrivacyError(f"privacy.delta={delta} is invalid; it must be in (0, 1) (null = 1/(2N))")
+    if sigma is not None and not sigma > 0:
+        raise PrivacyError(f"privacy.noise_multiplier={sigma} is invalid; it must be > 0 (null = derived from epsilon)")
+    if eps is None and sigma is None:
+        raise PrivacyError("privacy.epsilon and privacy.noise_multiplier are both null; give a target epsilon")
+    if not p.get("max_grad_norm", 0) > 0:
+        raise PrivacyError(f"privacy.max_grad_norm={p.get('max_grad_norm')!r} is invalid; it must be > 0")
+    _positive_int(p.get("batch_size"), "batch_size")
+    _positive_int(p.get("micro_batch_size"), "micro_batch_size")
+    mode = p.get("grad_sample_mode", "auto")
+    if mode not in GRAD_SAMPLE_MODES:
+        raise PrivacyError(f"privacy.grad_sample_mode={mode!r} is invalid; choose one of: {', '.join(GRAD_SAMPLE_MODES)}")
+    epochs = p.get("epochs")
+    if epochs is not None and not epochs > 0:
+        raise PrivacyError(f"privacy.epochs={epochs} is invalid; it must be > 0")
+
+
+def plan(p: dict[str, Any], n: int, epochs: float, max_steps: int = 0) -> PrivacyPlan:
+    """Resolve a privacy config (conf/privacy/dp.yaml as a dict) for a training set of n examples.
+
+    q = batch_size / n; steps = max_steps if > 0 else round(epochs / q) (`p['epochs']` wins over
+    `epochs` when set); delta defaults to 1/(2n); the noise multiplier is the smallest reaching the
+    target epsilon when not given, and a given one must reach it. Raises PrivacyError (one line).
+    """
+    check_settings(p)
+    if p["batch_size"] > n:
+        raise PrivacyError(f"privacy.batch_size={p['batch_size']} is invalid; it must be <= the training set size "
+                           f"N={n} (it is the expected Poisson batch, q = batch_size / N)")
+    q = sample_rate(p["batch_size"], n)
+    steps = max_steps if max_steps > 0 else steps_for(p.get("epochs") or epochs, q)
+    delta = p.get("delta") if p.get("delta") is not None else default_delta(n)
+    eps, sigma, acc = p.get("epsilon"), p.get("noise_multiplier"), p.get("accountant", "prv")
+    validate(epsilon=eps, delta=delta, noise_multiplier=sigma, q=q, steps=steps, accountant=acc, n=n)
+    if sigma is None:
+        sigma = noise_multiplier_for(eps, delta, q, steps, acc)
+    return PrivacyPlan(noise_multiplier=float(sigma), sample_rate=q, steps=int(steps), delta=float(delta),
+                       max_grad_norm=float(p["max_grad_norm"]), batch_size=int(p["batch_size"]),
+                       micro_batch_size=int(p["micro_batch_size"]), accountant=acc, target_epsilon=eps,
+                       constant_lr=bool(p.get("constant_lr", True)), grad_sample_mode=p.get("grad_sample_mode", "auto"))
+
+
+# ---------------------------------------------------------------- per-example gradient samplers
+
+class ShiftGradSampler:
+    """Exact per-example gradients of z (jr, jr_warp) and of the head's Linear layers from one
+    ordinary backward pass of the summed loss (reduction "sum": example i's gradient is unscaled)."""
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter]) -> None:
+        from jrft_cli.core.methods.jr import JointShift
+
+        self.params = list(params)
+        adapter = getattr(model, "adapter", None)
+        self.adapter = adapter if isinstance(adapter, JointShift) else None
+        covered: set[int] = set()
+        if self.adapter is not None:
+            self.adapter.per_example = True
+            covered.add(id(self.adapter.z))
+        self.linears = [m for m in model.modules() if isinstance(m, nn.Linear)
+                        and any(p.requires_grad for p in m.parameters(recurse=False))]
+        covered |= {id(p) for m in self.linears for p in m.parameters(recurse=False) if p.requires_grad}
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+        if missing:
+            raise JrftError(f"private training has no fast per-example gradient for {', '.join(missing[:3])}; "
+                            "the fast path covers z and Linear head layers (use method.head=mask)")
+        self._captured: dict[nn.Module, list] = {}
+        self._handles = [m.register_forward_hook(self._capture) for m in self.linears]
+
+    def _capture(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        slot = [inputs[0].detach(), None]
+        if module in self._captured:
+            raise JrftError(f"{type(module).__name__} ran twice in one forward; per-example gradients need one use")
+        self._captured[module] = slot
+
+        def keep(grad: torch.Tensor) -> None:
+            slot[1] = grad.detach()
+        out.register_hook(keep)
+
+    def clipped_sum(self, losses: torch.Tensor, max_grad_norm: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Backward `losses` (B,), clip every example's gradient to max_grad_norm, return (sums, norms)."""
+        per_example = self.per_example_grads(losses)
+        return clip_and_sum(per_example, max_grad_norm)
+
+    def per_example_grads(self, losses: torch.Tensor) -> list[torch.Tensor]:
+        """(B, *shape) gradients of each example's loss, one tensor per parameter (in `params` order)."""
+        from opacus.grad_sample.linear import compute_linear_grad_sample
+
+        try:
+            losses.sum().backward()
+            grads: dict[int, torch.Tensor] = {}
+            if self.adapter is not None:
+                grads[id(self.adapter.z)] = self.adapter.per_example_z_grads()
+            for module, (act, gout) in self._captured.items():
+                for p, g in compute_linear_grad_sample(module, [act], gout).items():
+                    grads[id(p)] = g
+        finally:
+            self._captured.clear()
+            for p in self.params:
+                p.grad = None
+        return [grads[id(p)].to(p.dtype) for p in self.params]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        if self.adapter is not None:
+            self.adapter.per_example = False
+
+
+class OpacusGradSampler:
+    """Per-example clipping through opacus hooks on the trainable layers (no wrapping of the model).
+
+    mode "hooks": per-example gradients, clipped and summed here. mode "ghost": opacus' ghost
+    clipping computes per-example norms in a first backward; a second backward of the clip-weighted
+    loss gives the clipped sum directly.
+    """
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], mode: str, max_grad_norm: float) -> None:
+        from opacus.grad_sample.grad_sample_module import GradSampleHooks
+        from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
+            GradSampleHooksFastGradientClipping,
+        )
+
+        if mode not in ("ghost", "hooks"):
+            raise JrftError(f"privacy.grad_sample_mode={mode!r} is invalid here; choose ghost or hooks")
+        self.mode, self.params, self.max_grad_norm = mode, list(params), max_grad_norm
+        # opacus walks children() without de-duplication: with the CLS head the backbone is reachable
+        # twice (model.backbone is model.hf.base_model), which would hook every layer twice.
+        hf = getattr(model, "hf", None)
+        if isinstance(hf, nn.Module):
+            inside = {id(p) for p in hf.parameters()}
+            if all(id(p) in inside for p in self.params):
+                model = hf
+        if mode == "ghost":
+            self.hooks = GradSampleHooksFastGradientClipping(
+                model, batch_first=True, loss_reduction="sum", strict=False,
+                max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        else:
+            self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", strict=False)
+
+    def clipped_sum(self, losses: torch.Tensor, max_grad_norm: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Backward `losses` (B,), clip every example's gradient to max_grad_norm, return (sums, norms)."""
+        batch = losses.shape[0]
+        if self.mode == "hooks":
+            losses.sum().backward()
+            per_example = []
+            for p in self.params:
+                gs = getattr(p, "grad_sample", None)
+                self._check(p, gs, batch)
+                per_example.append(gs)
+                p.grad_sample, p.grad = None, None
+            return clip_and_sum(per_example, max_grad_norm)
+        losses.sum().backward(retain_graph=True)
+        for p in self.params:
+            self._check(p, getattr(p, "_norm_sample", None), batch)
+            p.grad = None
+        coef = self.hooks.get_clipping_coef()          # min(1, C / (||g_i|| + 1e-6)), as clip_and_sum
+        norms = self.hooks.per_sample_gradient_norms
+        self.hooks.disable_hooks()
+        try:
+            (coef.detach().to(losses.dtype) * losses).sum().backward()
+        finally:
+            self.hooks.enable_hooks()
+        sums = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        for p in self.params:
+            p.grad, p._norm_sample = None, None
+        return sums, norms
+
+    @staticmethod
+    def _check(p: nn.Parameter, sample: torch.Tensor | None, batch: int) -> None:
+        if sample is None or sample.shape[0] != batch:
+            raise JrftError(f"opacus gave no per-example gradient for a trainable tensor of shape {tuple(p.shape)} "
+                            f"(got {None if sample is None else tuple(sample.shape)}); it may be shared across the "
+                            "batch (freeze it) or used by an unsupported layer")
+
+    def remove(self) -> None:
+        self.hooks.remove_hooks()
+
+
+def freeze_shared_embeddings(model: nn.Module) -> list[str]:
+    """Freeze position embeddings (BERT-family models index them with one (1, T) tensor shared by the
+    whole batch, which has no per-example gradient). Returns the names frozen."""
+    frozen = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.endswith("position_embeddings") and module.weight.requires_grad:
+            module.weight.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def make_sampler(model: nn.Module, params: Sequence[nn.Parameter], method: str, mode: str,
+                 max_grad_norm: float) -> ShiftGradSampler | OpacusGradSampler:
+    """The per-example gradient sampler for `method` (see the module docstring)."""
+    if method in FAST_METHODS:
+        return ShiftGradSampler(model, params)
+    if method in OPACUS_METHODS:
+        return OpacusGradSampler(model, params, AUTO_MODE[method] if mode == "auto" else mode, max_grad_norm)
+    raise JrftError(f"method={method!r} has no private training; choose one of {', '.join(FAST_METHODS + OPACUS_METHODS)}")
+
+
+# ---------------------------------------------------------------- the trainer
+

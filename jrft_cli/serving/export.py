@@ -1,0 +1,247 @@
+"""`jrft export`: turn a run's artifact into a directory that plain transformers loads.
+
+- jr (SLaSh): the shifts s_l = z W_l are folded into the backbone's biases (output ->
+  `output.dense.bias`, intermediate -> `intermediate.dense.bias`, attention ->
+  `attention.output.LayerNorm.bias`), so the backbone is the base architecture with changed bias
+  values: no hooks, no extra cost at inference.
+- jr_warp: the per-layer prompt vectors (L, H) are precomputed and stored with the weights.
+- lora: the injected LoRA layers are merged into the base weights (peft's merge) and removed.
+- CLS head without a prompt token: a plain `AutoModelForSequenceClassification` checkpoint.
+  Mask head (or jr_warp): the weights plus `modeling_jrft.py` (imports only torch and
+  transformers), loaded with `trust_remote_code=True`.
+Every export also holds the tokenizer and `jrft_export.json` (task, labels, input format).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jrft_cli import __version__
+from jrft_cli.core.artifact import LoadedRun, load_artifact
+from jrft_cli.core.errors import JrftError
+from jrft_cli.core.methods.jr import locate
+from jrft_cli.core.backbone import SequenceClassifier, find_encoder_layers
+from jrft_cli.core.files import write_json_atomic
+
+EXPORT_NOTE = "jrft_export.json"
+MODELING_FILE = "modeling_jrft.py"
+REMOTE_CLASS = "JrftClassifier"
+TEMPLATE = Path(__file__).parent / "export_template" / MODELING_FILE
+# Largest |logit difference| tolerated between the run's model and its export, checked at export time.
+VERIFY_TOL = 1e-4
+
+
+def fold_shifts(model: SequenceClassifier) -> None:
+    """Fold a SLaSh adapter into the backbone's biases and remove it (in place)."""
+    adapter = model.adapter
+    with torch.no_grad():
+        shifts = adapter.shifts().detach()
+    adapter.remove_hooks()
+    for l, layer in enumerate(find_encoder_layers(model.backbone)):
+        target = locate(layer, adapter.position)
+        if getattr(target, "bias", None) is None:
+            raise JrftError(f"cannot fold the {adapter.position!r} shift: {type(target).__name__} in layer {l} has no bias")
+        with torch.no_grad():
+            target.bias.add_(shifts[l].to(target.bias.dtype))
+    del model.adapter
+
+
+def take_prompt(model: SequenceClassifier) -> tuple[torch.Tensor, int]:
+    """A JR-WARP adapter's precomputed prompt vectors (L, H) and prompt token id; removes its hooks."""
+    adapter = model.adapter
+    with torch.no_grad():
+        prompt = adapter.shifts().detach().clone()
+    adapter.remove_hooks()
+    del model.adapter
+    return prompt, adapter.prompt_token_id
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Merge every peft tuner layer into its base layer and put the base layer back (in place)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    tuners = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in tuners:
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.get_base_layer())
+    for m in model.modules():
+        if hasattr(m, "peft_config"):
+            del m.peft_config
+
+
+def _label_config(info: dict[str, Any]) -> dict[str, Any]:
+    names = info.get("label_names") or [f"LABEL_{i}" for i in range(info["num_labels"])]
+    if info["is_regression"]:
+        names = [info["task"]]
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: torch.Tensor | None,
+                  prompt_token_id: int | None) -> nn.Module:
+    """The remote-code classifier (from the template) holding `model`'s weights."""
+    from jrft_cli.serving.export_template.modeling_jrft import JrftClassifier
+
+    config = copy.deepcopy(model.hf.config if model.head_kind == "cls" else model.backbone.config)
+    config.num_labels = info["num_labels"]
+    for k, v in _label_config(info).items():
+        setattr(config, k, v)
+    config.jrft_head = model.head_kind
+    config.jrft_mask_token_id = info["mask_token_id"]
+    config.jrft_prompt_layers = 0 if prompt is None else int(prompt.shape[0])
+    config.jrft_prompt_token_id = prompt_token_id
+    config.auto_map = {"AutoModelForSequenceClassification": f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
+    config.architectures = [REMOTE_CLASS]
+    exported = JrftClassifier(config)
+    if model.head_kind == "cls":
+        state = {f"hf.{k}": v for k, v in model.hf.state_dict().items()}
+    else:
+        state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
+        state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    if prompt is not None:
+        state["jrft_prompt"] = prompt
+    exported.load_state_dict(state, strict=True)
+    return exported.eval()
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    remote_code: bool
+    max_abs_diff: float     # run model vs export on probe inputs
+
+
+def _probe_inputs(tokenizer: Any, info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    mask = f" {info['mask_token']}" if info["mask_format"] else ""
+    firsts = ["a short probe sentence" + mask, "another, somewhat longer probe sentence for the check" + mask]
+    pair = len(info["task_config"]["tsv"]["text_fields"]) > 1
+    seconds = ["and its second part", "second"] if pair else None
+    return dict(tokenizer(firsts, seconds, padding=True, return_tensors="pt"))
+
+
+def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify: bool = True) -> ExportResult:
+    """Export the run in `run_dir` into `out_dir` (see the module docstring)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise JrftError(f"--out {str(out_dir)!r} exists and is not empty; choose a new directory or pass --overwrite")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    loaded: LoadedRun = load_artifact(Path(run_dir))
+    info, reference = loaded.info, loaded.model
+    model = copy.deepcopy(reference)
+    method = info["method"]
+    prompt, prompt_token_id = None, None
+    if method == "jr":
+        fold_shifts(model)
+    elif method == "jr_warp":
+        prompt, prompt_token_id = take_prompt(model)
+    elif method == "lora":
+        merge_lora(model.backbone)
+    remote = model.head_kind == "mask" or prompt is not None
+    if remote:
+        exported = _build_remote(model, info, prompt, prompt_token_id)
+    else:
+        exported = model.hf.eval()
+        for k, v in _label_config(info).items():
+            setattr(exported.config, k, v)
+        exported.config.num_labels = info["num_labels"]
+
+    diff = 0.0
+    if verify:
+        batch = _probe_inputs(loaded.tokenizer, info)
+        with torch.no_grad():
+            want = reference(**batch)
+            got = exported(**batch).logits
+        diff = float((want - got).abs().max())
+        if not diff <= VERIFY_TOL:
+            raise JrftError(f"export check failed: logits differ from the run's model by {diff:.3g} (> {VERIFY_TOL})")
+
+    if out_dir.exists() and overwrite:
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exported.save_pretrained(str(out_dir))
+    if remote:
+        shutil.copyfile(TEMPLATE, out_dir / MODELING_FILE)
+    loaded.tokenizer.save_pretrained(str(out_dir))
+    note = export_note(info, remote, Path(run_dir))
+    write_json_atomic(out_dir / EXPORT_NOTE, note)
+    (out_dir / "README.md").write_text(readme(note))
+    return ExportResult(out_dir, remote, diff)
+
+
+def export_note(info: dict[str, Any], remote: bool, run_dir: Path) -> dict[str, Any]:
+    """jrft_export.json: what a user (or `jrft eval`/`predict`) needs to feed the exported model."""
+    if info["mask_format"]:
+        fmt = (f"append the mask token {info['mask_token']!r} to the first sentence, separated by a space "
+               f"(pair tasks: text1 + ' {info['mask_token']}' then text2 as the tokenizer's second sequence); "
+               f"the head reads the first mask token")
+    else:
+        fmt = "plain tokenizer input (one sentence, or a pair as the tokenizer's two sequences)"
+    return {
+        "format": "jrft-export",
+        "format_version": 1,
+        "method": info["method"],
+        "head": info["head"],
+        "remote_code": remote,
+        "mask_format": info["mask_format"],
+        "mask_token": info["mask_token"],
+        "input_format": fmt,
+        "max_length": info["max_length"],
+        "task": info["task"],
+        "task_config": info["task_config"],
+        "num_labels": info["num_labels"],
+        "is_regression": info["is_regression"],
+        "label_names": info["label_names"],
+        "base_model": info["base_model"],
+        "d": info.get("d"),
+        "position": info.get("position"),
+        "projection": info.get("projection"),
+        "seed": info["seed"],
+        "source_run": str(run_dir.resolve()),
+        "jrft_version": __version__,
+    }
+
+
+def readme(note: dict[str, Any]) -> str:
+    trust = ", trust_remote_code=True" if note["remote_code"] else ""
+    mask = f" {note['mask_token']}" if note["mask_format"] else ""
+    return f"""# jrft export: {note['task']} / {note['method']} on {note['base_model']['id']}
+
+Load (jrft not needed):
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained(DIR{trust}).eval()
+tok = AutoTokenizer.from_pretrained(DIR)
+batch = tok(["a sentence{mask}"], return_tensors="pt", truncation=True, max_length={note['max_length']})
+logits = model(**batch).logits
+```
+
+Input format: {note['input_format']}.
+Labels: {note['label_names']}.
+"""
+
+
+def is_export_dir(path: Path) -> bool:
+    return (Path(path) / EXPORT_NOTE).is_file()
+
+
+def load_export(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model, tokenizer, note) of an export dir, loaded through transformers' Auto classes."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = Path(path)
+    note = json.loads((path / EXPORT_NOTE).read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=bool(note["remote_code"]))
+    return model.eval(), AutoTokenizer.from_pretrained(str(path)), note

@@ -1,0 +1,50 @@
+"""What training and serving share about a task's outputs: its loss, and batched predict/evaluate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from jrft_cli.tasks.metrics import compute_metrics
+@dataclass
+class TaskInfo:
+    is_regression: bool
+    metrics: Sequence[str]
+    main_metric: str
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool, reduction: str = "mean") -> torch.Tensor:
+    if is_regression:
+        return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction=reduction)
+    return nn.functional.cross_entropy(logits.float(), labels, reduction=reduction)
+
+
+def batches(items: Sequence[dict], order: Sequence[int], batch_size: int) -> Iterator[list[dict]]:
+    for i in range(0, len(order), batch_size):
+        yield [items[j] for j in order[i:i + batch_size]]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Sequence[dict], collate: Callable, batch_size: int, device: torch.device,
+            amp: torch.dtype | None = None) -> torch.Tensor:
+    """Logits (N, C) for `data`, in order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for items in batches(data, range(len(data)), batch_size):
+        batch = {k: v.to(device) for k, v in collate(items).items() if k != "labels"}
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out.append(model(**batch).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate(model: nn.Module, data: Sequence[dict], collate: Callable, task: TaskInfo, batch_size: int,
+             device: torch.device, amp: torch.dtype | None = None) -> dict[str, float]:
+    """Dev metrics of `model` on `data` (GLUE metric names -> values)."""
+    logits = predict(model, data, collate, batch_size, device, amp)
+    labels = [it["labels"] for it in data]
+    preds = logits.squeeze(-1).tolist() if task.is_regression else logits.argmax(-1).tolist()
+    return compute_metrics(list(task.metrics), preds, labels)

@@ -1,0 +1,332 @@
+"""The training / evaluation loop: AdamW, linear warm-up and decay, gradient accumulation,
+dev evaluation per epoch or every N steps, best-so-far tracking; CPU or CUDA; resumable
+(`state_dict` / `load_state_dict`, stop polling at step boundaries); data parallel over
+torch.distributed (DDP) when a process group is up."""
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from jrft_cli.training.checkpoint import TrainingInterrupted, rng_state, set_rng_state
+from jrft_cli.tasks.evaluation import TaskInfo, batches, evaluate, loss_fn
+
+
+@dataclass
+class LoopConfig:
+    epochs: float = 3
+    max_steps: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    eval_every: int = 0
+    max_grad_norm: float | None = None
+    log_every: int = 10
+    seed: int = 0
+    checkpoint_every: int = 0     # steps between periodic checkpoints (0 = only on a stop signal)
+
+
+class Logger(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from jrft_cli.core.errors import JrftError
+        raise JrftError("hardware.device=cuda but no CUDA device is available; use hardware=cpu or hardware=auto")
+    return torch.device(device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting (None = plain fp32)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA max allocated on a GPU; the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch: a pure function of (seed, epoch), so a resumed run
+    can recompute it and skip what it had done."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def shard(items: list[dict], rank: int, world_size: int) -> list[dict]:
+    """Rank `rank`'s contiguous slice of one global batch (sizes differ by at most one)."""
+    per, extra = divmod(len(items), world_size)
+    start = rank * per + min(rank, extra)
+    return items[start:start + per + (1 if rank < extra else 0)]
+
+
+class Trainer:
+    """One training run. `run()` returns the summary that goes into results.json.
+
+    Resumable: `state_dict()` / `load_state_dict()` hold the trainable parameters, optimizer,
+    scheduler, grad scaler, RNG states, position in the data, best-so-far and history (plain
+    dicts of tensors and python values; subclasses extend them via super()). `should_stop`
+    is polled at every step boundary; when it returns a signal number, `on_checkpoint` gets
+    the state and `run()` raises TrainingInterrupted. With a torch.distributed process group up
+    the model trains under DistributedDataParallel: `cfg.batch_size` is the GLOBAL batch, each
+    rank takes a slice of it, and only rank 0 evaluates, logs and checkpoints.
+    """
+
+    def __init__(self, model: nn.Module, train_data: Sequence[dict], eval_sets: dict[str, Sequence[dict]],
+                 collate: Callable, task: TaskInfo, cfg: LoopConfig, device: torch.device,
+                 precision: str = "fp32", logger: Logger | None = None,
+                 on_metrics: Callable[[dict[str, Any]], None] | None = None,
+                 should_stop: Callable[[], int | None] | None = None,
+                 on_checkpoint: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        self.model, self.train_data, self.eval_sets = model, train_data, eval_sets
+        self.collate, self.task, self.cfg, self.device = collate, task, cfg, device
+        self.amp = autocast_dtype(precision, device)
+        self.logger, self.on_metrics = logger, on_metrics
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        micro_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+        self.steps_per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, round(cfg.epochs * self.steps_per_epoch))
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = round(cfg.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor(warmup))
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+        self.should_stop, self.on_checkpoint = should_stop, on_checkpoint
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world_size > 1 else 0
+        self.train_model: nn.Module = model
+        if self.world_size > 1:
+            # broadcast_buffers=False: every rank builds the same frozen buffers (projections) from
+            # the seed; find_unused_parameters: some trainable params (e.g. a pooler's) may not
+            # reach the loss.
+            self.train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False, find_unused_parameters=True)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.final: dict[str, float] | None = None
+        # progress between log lines and for throughput (restored on resume)
+        self.seen, self.window_loss, self.window_n, self.elapsed_s = 0, 0.0, 0, 0.0
+        self.resumed_from: int | None = None
+
+    # -- resume ----------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly: trainable params only (never the
+        frozen backbone), optimizer, scheduler, scaler, RNG states, data position, progress."""
+        return {
+            "trainable": self.trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": rng_state(),
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "window_in_epoch": self.step % self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "best": self.best,
+            "final": self.final,
+            "history": self.history,
+            "seen": self.seen,
+            "window_loss": self.window_loss,
+            "window_n": self.window_n,
+            "elapsed_s": self.elapsed_s,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s output (same model, data and config)."""
+        if state["total_steps"] != self.total_steps:
+            raise ValueError(f"checkpoint plans {state['total_steps']} steps, this run {self.total_steps}: "
+                             "the training budget or data changed")
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value.to(params[name].device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step, self.best, self.final = state["step"], state["best"], state["final"]
+        self.history = list(state["history"])
+        self.seen, self.window_loss, self.window_n = state["seen"], state["window_loss"], state["window_n"]
+        self.elapsed_s = state["elapsed_s"]
+        self.resumed_from = self.step
+
+    def _stop_requested(self) -> int | None:
+        """The stop signal, agreed across ranks (a rank that got none joins the one that did)."""
+        signum = self.should_stop() if self.should_stop else None
+        if self.world_size > 1:
+            flag = torch.tensor([signum or 0], dtype=torch.long)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item()) or None
+        return signum
+
+    def _checkpoint(self) -> Any:
+        if self.on_checkpoint and self.is_main:
+            return self.on_checkpoint(self.state_dict())
+        return None
+
+    def _lr_factor(self, warmup: int) -> Callable[[int], float]:
+        total = self.total_steps
+
+        def factor(step: int) -> float:  # linear warm-up then linear decay to 0 (as transformers' schedule)
+            if step < warmup:
+                return step / max(1, warmup)
+            return max(0.0, (total - step) / max(1, total - warmup))
+        return factor
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        record = {"step": self.step, **record}
+        self.history.append(record)
+        if not self.is_main:
+            return
+        if self.on_metrics:
+            self.on_metrics(record)
+        if self.logger:
+            self.logger.log({k: v for k, v in record.items() if k != "step"}, self.step)
+
+    def evaluate_all(self) -> dict[str, float]:
+        """Metrics over every eval split; the first split's names are plain, later ones prefixed."""
+        out: dict[str, float] = {}
+        for i, (name, data) in enumerate(self.eval_sets.items()):
+            m = evaluate(self.model, data, self.collate, self.task, max(64, self.cfg.batch_size), self.device, self.amp)
+            out.update(m if i == 0 else {f"{name}_{k}": v for k, v in m.items()})
+        return out
+
+    def _eval_and_track(self) -> None:
+        if not self.is_main:  # rank 0 evaluates; the others meet it at the next gradient all-reduce
+            return
+        metrics = self.evaluate_all()
+        self.final = metrics
+        main = metrics[self.task.main_metric]
+        if self.best is None or main > self.best["metrics"][self.task.main_metric]:
+            self.best = {"metrics": metrics, "step": self.step}
+        self._emit({f"dev/{k}": v for k, v in metrics.items()} | {"epoch": self.step / self.steps_per_epoch})
+
+    def train_step(self, micro: list[list[dict]]) -> float:
+        """One optimizer step over micro-batches (gradient accumulation). Returns the mean loss."""
+        self.model.train()
+        total = 0.0
+        for i, items in enumerate(micro):
+            if self.world_size > 1:
+                total += self._ddp_micro_step(items, len(micro), last=i == len(micro) - 1)
+                continue
+            batch = {k: v.to(self.device) for k, v in self.collate(items).items()}
+            labels = batch.pop("labels")
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                logits = self.model(**batch)
+            loss = loss_fn(logits, labels, self.task.is_regression) / len(micro)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.item()
+        if self.world_size > 1:
+            reduced = torch.tensor([total], dtype=torch.float64)
+            dist.all_reduce(reduced)
+            total = float(reduced.item())
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _ddp_micro_step(self, items: list[dict], n_micro: int, last: bool) -> float:
+        """Forward/backward of this rank's slice of one global micro-batch. The local loss is the
+        slice's loss SUM over the global batch size, times world size: DDP's gradient average
+        then equals the single-process gradient of the global mean loss, even for uneven slices.
+        Returns this rank's share of the (global mean) loss."""
+        local = shard(items, self.rank, self.world_size)
+        weight = self.world_size / (len(items) * n_micro)
+        if not local:  # a batch smaller than the world: join the all-reduce with a zero gradient
+            local, weight = items[:1], 0.0
+        batch = {k: v.to(self.device) for k, v in self.collate(local).items()}
+        labels = batch.pop("labels")
+        sync = contextlib.nullcontext() if last else self.train_model.no_sync()
+        with sync:
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                logits = self.train_model(**batch)
+            loss = loss_fn(logits, labels, self.task.is_regression, reduction="sum") * weight
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        return loss.item() / self.world_size
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        start = time.perf_counter() - self.elapsed_s   # a resumed run counts its earlier time
+        while self.step < self.total_steps:
+            epoch, first_window = divmod(self.step, self.steps_per_epoch)
+            order = epoch_order(len(self.train_data), cfg.seed, epoch)
+            micro = list(batches(self.train_data, order, cfg.batch_size))
+            # One optimizer step per window of grad_accum micro-batches; the last window may be shorter.
+            for w in range(first_window * cfg.grad_accum, len(micro), cfg.grad_accum):
+                self.elapsed_s = time.perf_counter() - start
+                signum = self._stop_requested()
+                if signum:
+                    saved = self._checkpoint()
+                    raise TrainingInterrupted(signum, self.step, saved)
+                window = micro[w:w + cfg.grad_accum]
+                self.window_loss += self.train_step(window)
+                self.seen += sum(len(m) for m in window)
+                self.window_n += 1
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    self._emit({"train/loss": self.window_loss / self.window_n,
+                                "train/lr": self.scheduler.get_last_lr()[0],
+                                "train/examples_per_s": self.seen / (now - start),
+                                "epoch": self.step / self.steps_per_epoch})
+                    self.window_loss, self.window_n = 0.0, 0
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+                    self._eval_and_track()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
+                    self.elapsed_s = time.perf_counter() - start
+                    self._checkpoint()
+                if self.step >= self.total_steps:
+                    break
+            if not cfg.eval_every and self.step < self.total_steps:
+                self._eval_and_track()
+        self._eval_and_track()
+        if not self.is_main:
+            return {"steps": self.step}
+        return self.summary(time.perf_counter() - start)
+
+    def summary(self, wall: float) -> dict[str, Any]:
+        """The finished run's part of results.json (after the final evaluation)."""
+        return {
+            "dev": self.final,
+            "best_dev": {**self.best["metrics"], "step": self.best["step"]},
+            "steps": self.step,
+            "epochs": self.step / self.steps_per_epoch,
+            "wall_time_s": wall,
+            "examples_per_s": self.seen / wall if wall > 0 else 0.0,
+            "peak_memory_mb": peak_memory_mb(self.device),
+        }

@@ -1,0 +1,168 @@
+"""The private trainer: DP-SGD steps (jrft_cli.dp) inside the ordinary loop's schedule."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, replace
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from jrft_cli.core.errors import JrftError
+from jrft_cli.dp.accounting import Accountant, add_noise, micro_batches, poisson_sample
+from jrft_cli.dp.private import PrivacyPlan, ShiftGradSampler, freeze_shared_embeddings, make_sampler
+from jrft_cli.tasks.evaluation import TaskInfo, loss_fn
+from jrft_cli.training.checkpoint import TrainingInterrupted
+from jrft_cli.training.loop import Logger, LoopConfig, Trainer
+class PrivateTrainer(Trainer):
+    """DP-SGD over Poisson logical batches built from micro-batches; see the module docstring.
+
+    `run()` returns the loop's summary; `privacy_record()` is results.json's `privacy` entry; dev
+    evaluations log `privacy/epsilon` (spent so far) and `privacy/steps`.
+    """
+
+    def __init__(self, model: nn.Module, train_data: Sequence[dict], eval_sets: dict[str, Sequence[dict]],
+                 collate: Callable, task: TaskInfo, cfg: LoopConfig, device: torch.device, privacy: PrivacyPlan,
+                 method: str, precision: str = "fp32", logger: Logger | None = None,
+                 on_metrics: Callable[[dict[str, Any]], None] | None = None, **hooks: Any) -> None:
+        if cfg.grad_accum != 1:
+            raise JrftError(f"train.grad_accum={cfg.grad_accum} is not valid with privacy=dp: it would change the "
+                            "sampled batch; set privacy.batch_size (logical) and privacy.micro_batch_size (memory)")
+        self.plan, self.method = privacy, method
+        self.frozen_for_privacy = freeze_shared_embeddings(model) if method == "full" else []
+        super().__init__(model, train_data, eval_sets, collate, task,
+                         # batch_size here only sizes evaluation batches: keep them physical
+                         replace(cfg, batch_size=privacy.micro_batch_size, max_grad_norm=None),
+                         device, precision, logger, on_metrics, **hooks)
+        if self.amp == torch.float16:
+            raise JrftError("hardware.precision=fp16 is not supported with privacy=dp (its loss scaling would scale "
+                            "the per-example norms); use bf16 or fp32")
+        self.total_steps = privacy.steps
+        self.steps_per_epoch = 1 / privacy.sample_rate          # expected steps per pass over the data
+        if privacy.constant_lr:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        else:
+            warmup = round(cfg.warmup_ratio * self.total_steps)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor(warmup))
+        self.accountant = Accountant(privacy.accountant)
+        self.sampler_generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17)
+        self.noise_generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + 29)
+        self.sampler = make_sampler(model, self.params, method, privacy.grad_sample_mode, privacy.max_grad_norm)
+        self.last_batch: torch.Tensor | None = None          # indices of the last logical batch
+        self.lengths = torch.tensor([len(ex["input_ids"]) for ex in train_data], dtype=torch.long)
+
+    # -- one private step
+    def private_step(self, indices: torch.Tensor | None = None) -> tuple[float, int]:
+        """Sample, clip, sum, noise, step, account. Returns (summed loss, logical batch size).
+
+        `indices` replaces the Poisson draw (benchmarks only: the accounting assumes Poisson batches)."""
+        plan, n = self.plan, len(self.train_data)
+        idx = poisson_sample(n, plan.sample_rate, self.sampler_generator) if indices is None else indices
+        self.last_batch = idx
+        # Order within a logical batch does not change the clipped sum: group similar lengths into
+        # the same micro-batch to cut padding.
+        idx = idx[torch.argsort(self.lengths[idx], stable=True)]
+        self.model.train()
+        sums: list[torch.Tensor] | None = None
+        total_loss = 0.0
+        for mb in micro_batches(idx, plan.micro_batch_size):
+            batch = {k: v.to(self.device) for k, v in self.collate([self.train_data[i] for i in mb.tolist()]).items()}
+            labels = batch.pop("labels")
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                logits = self.model(**batch)
+            losses = loss_fn(logits, labels, self.task.is_regression, reduction="none")
+            clipped, _ = self.sampler.clipped_sum(losses, plan.max_grad_norm)
+            sums = clipped if sums is None else [a + b for a, b in zip(sums, clipped)]
+            total_loss += float(losses.detach().sum())
+        if sums is None:  # an empty Poisson batch still takes its (noise-only) step
+            sums = [torch.zeros_like(p) for p in self.params]
+        noisy = add_noise(sums, plan.noise_multiplier, plan.max_grad_norm, self.noise_generator)
+        expected = plan.sample_rate * n        # divide by the EXPECTED batch size, never the realised one
+        for p, g in zip(self.params, noisy):
+            p.grad = (g / expected).to(p.dtype)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accountant.step(plan.noise_multiplier, plan.sample_rate)
+        return total_loss, int(idx.numel())
+
+    def epsilon_spent(self) -> float:
+        return self.accountant.epsilon(self.plan.delta)
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if any(k.startswith("dev/") for k in record):
+            record = {**record, "privacy/epsilon": self.epsilon_spent(), "privacy/steps": self.accountant.steps}
+        super()._emit(record)
+
+    def _epoch_ends(self, step: int) -> bool:
+        q = self.plan.sample_rate
+        return math.floor(step * q + 1e-9) > math.floor((step - 1) * q + 1e-9)
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        start = time.perf_counter() - self.elapsed_s   # a resumed run counts its earlier time
+        while self.step < self.total_steps:
+            self.elapsed_s = time.perf_counter() - start
+            signum = self._stop_requested()
+            if signum:
+                raise TrainingInterrupted(signum, self.step, self._checkpoint())
+            loss, size = self.private_step()
+            self.step += 1
+            self.seen += size
+            self.window_loss += loss
+            self.window_n += size
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                now = time.perf_counter()
+                self._emit({"train/loss": self.window_loss / max(1, self.window_n),
+                            "train/lr": self.scheduler.get_last_lr()[0],
+                            "train/examples_per_s": self.seen / (now - start), "epoch": self.step / self.steps_per_epoch})
+                self.window_loss, self.window_n = 0.0, 0
+            due = self.step % cfg.eval_every == 0 if cfg.eval_every else self._epoch_ends(self.step)
+            if due and self.step < self.total_steps:
+                self._eval_and_track()
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
+                self.elapsed_s = time.perf_counter() - start
+                self._checkpoint()
+        self._eval_and_track()
+        return self.summary(time.perf_counter() - start)
+
+    def privacy_record(self) -> dict[str, Any]:
+        """results.json's `privacy`: the epsilon SPENT (by the steps actually run) and the settings."""
+        p = self.plan
+        return {
+            "epsilon": self.epsilon_spent(),
+            "target_epsilon": p.target_epsilon,
+            "delta": p.delta,
+            "noise_multiplier": p.noise_multiplier,
+            "sample_rate": p.sample_rate,
+            "steps": self.accountant.steps,
+            "accountant": p.accountant,
+            "max_grad_norm": p.max_grad_norm,
+            "batch_size": p.batch_size,
+            "micro_batch_size": p.micro_batch_size,
+            "sampling": "poisson",
+            "grad_sampler": "fast" if isinstance(self.sampler, ShiftGradSampler) else f"opacus-{self.sampler.mode}",
+            "frozen_for_privacy": self.frozen_for_privacy,
+        }
+
+    # -- checkpointing: the base trainer's state plus the ledger and both generators
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "accountant": self.accountant.state_dict(),
+                "sampler_generator": self.sampler_generator.get_state(),
+                "noise_generator": self.noise_generator.get_state(),
+                "privacy_plan": asdict(self.plan)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("privacy_plan")
+        if saved is not None:
+            changed = [k for k in ("noise_multiplier", "sample_rate", "delta", "max_grad_norm", "accountant")
+                       if saved.get(k) != getattr(self.plan, k)]
+            if changed:
+                raise JrftError(f"cannot resume: the checkpoint's privacy settings differ in {', '.join(changed)}")
+        base = {k: v for k, v in state.items()
+                if k not in ("accountant", "sampler_generator", "noise_generator", "privacy_plan")}
+        super().load_state_dict(base)
+        self.accountant.load_state_dict(state["accountant"])
+        self.sampler_generator.set_state(state["sampler_generator"])
+        self.noise_generator.set_state(state["noise_generator"])

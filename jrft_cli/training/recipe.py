@@ -1,0 +1,353 @@
+"""One training run: translate the composed config into plain arguments and wire the pieces.
+
+Nothing below this module knows about Hydra or OmegaConf.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+import torch
+
+from jrft_cli import __version__
+from jrft_cli.training import distributed
+from jrft_cli.core.artifact import save_artifact
+from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
+                                 load_checkpoint, save_checkpoint)
+from jrft_cli.tasks.glue import encode, load_split, make_collate
+from jrft_cli.core.errors import JrftError
+from jrft_cli.training.loop import LoopConfig, Trainer, resolve_device
+from jrft_cli.tasks.evaluation import TaskInfo
+from jrft_cli.core.methods import METHODS, apply_method
+from jrft_cli.core.backbone import SequenceClassifier, count_parameters, load_tokenizer, model_id
+from jrft_cli.dp.accounting import PrivacyError
+from jrft_cli.core.files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, MetricsWriter, read_results, write_json_atomic
+
+JR_METHODS = ("jr", "jr_warp")
+# Keys of a method config that are not options of its apply() step.
+_NOT_OPTIONS = ("name", "lr", "dp_lr", "head", "dropout")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Fail fast, before anything is loaded, with one line naming the bad value and the choices."""
+    method = cfg["method"]["name"]
+    if method not in METHODS:
+        raise JrftError(f"method={method!r} is not valid; choose one of {', '.join(METHODS)}")
+    if method in JR_METHODS:
+        d = cfg["method"].get("d")
+        if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
+            raise JrftError(f"d={d!r} is not valid; d must be a positive integer (e.g. d=1024)")
+    t = cfg["train"]
+    for key in ("batch_size", "grad_accum"):
+        if not isinstance(t[key], int) or t[key] <= 0:
+            raise JrftError(f"train.{key}={t[key]!r} is not valid; it must be a positive integer")
+    if t["max_steps"] <= 0 and not t["epochs"] > 0:
+        raise JrftError(f"train.epochs={t['epochs']!r} is not valid; it must be > 0 (or set train.max_steps > 0)")
+    lr = learning_rate(cfg)
+    if not lr or lr <= 0:
+        raise JrftError(f"train.lr={lr!r} is not valid; it must be > 0 (null = the method's default)")
+    if is_private(cfg):
+        validate_privacy(cfg)
+
+
+def learning_rate(cfg: dict[str, Any]) -> float:
+    """train.lr when set; else the method's default: `method.dp_lr` under privacy=dp when the method
+    has one (DP-SGD's few, noisy, clipped steps can want another rate), `method.lr` otherwise."""
+    if cfg["train"]["lr"] is not None:
+        return cfg["train"]["lr"]
+    m = cfg["method"]
+    if is_private(cfg) and m.get("dp_lr") is not None:
+        return m["dp_lr"]
+    return m["lr"]
+
+
+def is_private(cfg: dict[str, Any]) -> bool:
+    """True when the config asks for DP training (`privacy=dp`)."""
+    return bool((cfg.get("privacy") or {}).get("enabled"))
+
+
+def validate_privacy(cfg: dict[str, Any]) -> None:
+    """Privacy checks that need no data; the rest (they need N) run in `privacy_plan`."""
+    from jrft_cli.dp.private import check_settings
+
+    t = cfg["train"]
+    if t["grad_accum"] != 1:
+        raise JrftError(f"train.grad_accum={t['grad_accum']} is not valid with privacy=dp: accumulation would change "
+                        "the sampled batch; set privacy.batch_size (logical) and privacy.micro_batch_size (memory)")
+    if t.get("max_grad_norm"):
+        raise JrftError(f"train.max_grad_norm={t['max_grad_norm']} is for non-private runs; with privacy=dp set "
+                        "privacy.max_grad_norm (the per-example clipping norm)")
+    try:
+        check_settings(cfg["privacy"])
+    except PrivacyError as e:
+        raise JrftError(str(e)) from None
+
+
+def privacy_plan(cfg: dict[str, Any], n: int):
+    """The resolved privacy plan (noise multiplier, q, steps, delta) for n training examples."""
+    from jrft_cli.dp.private import plan
+
+    try:
+        return plan(cfg["privacy"], n, cfg["train"]["epochs"], cfg["train"]["max_steps"])
+    except PrivacyError as e:
+        raise JrftError(str(e)) from None
+
+
+def method_label(cfg: dict[str, Any]) -> str:
+    """Short row label for tables: `jr d=4096`, `lora r=1`, `full`."""
+    m = cfg["method"]
+    name = m["name"]
+    if name in JR_METHODS:
+        extra = [f"d={m['d']}"]
+        if name == "jr" and m.get("position", "output") != "output":
+            extra.append(m["position"])
+        if m.get("projection", "dense") != "dense":
+            extra.append(m["projection"])
+        return f"{name} " + " ".join(extra)
+    if name == "lora":
+        return f"lora r={m['r']}"
+    return name
+
+
+def build_model(cfg: dict[str, Any], tokenizer: Any, num_labels: int) -> SequenceClassifier:
+    """The backbone with its head, the method applied (deterministic for the run's seed)."""
+    m = cfg["method"]
+    torch.manual_seed(cfg["seed"])
+    model = SequenceClassifier(cfg["model"]["name"], num_labels, head=m.get("head", "mask"),
+                               dropout=m.get("dropout"), revision=cfg["model"].get("revision"),
+                               mask_token_id=tokenizer.mask_token_id)
+    options = {k: v for k, v in m.items() if k not in _NOT_OPTIONS}
+    if m["name"] == "jr_warp":
+        options["prompt_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    apply_method(model, m["name"], **options)
+    return model
+
+
+# Settings that may differ between a run and its resumption (machine, logging, data location).
+_RESUME_FREE_KEYS = ("logger", "hardware", "run", "data.dir")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def config_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first setting that differs between a run dir's config and a relaunch's (ignoring
+    machine, logging and data location), as `key: old -> new`; None when they agree."""
+    a, b = _flatten(old), _flatten(new)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)  # noqa: E731
+    for key in sorted(set(a) | set(b)):
+        if not free(key) and a.get(key) != b.get(key):
+            return f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+    return None
+
+
+def _existing_run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """(completed results, checkpoint to resume) of a run dir being relaunched; errors when the
+    dir holds a different configuration."""
+    results = read_results(run_dir) if (run_dir / RESULTS_FILE).exists() else None
+    ckpt = run_dir / CHECKPOINT_FILE
+    if results is None and not ckpt.exists():
+        return None, None
+    if (run_dir / CONFIG_FILE).exists():
+        diff = config_difference(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}, cfg)
+        if diff:
+            raise JrftError(f"run dir {run_dir} holds a run with another config ({diff}); "
+                            "use another hydra.run.dir / hydra.sweep.dir or delete it")
+    if results is not None and results.get("status") == "completed":
+        return results, None
+    return None, ckpt if ckpt.exists() else None
+
+
+def _rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl as of the checkpoint: drop lines logged after it (they are logged again)."""
+    path = run_dir / METRICS_FILE
+    path.unlink(missing_ok=True)
+    writer = MetricsWriter(run_dir)
+    for record in history:
+        writer(record)
+
+
+def _setup_only(run_dir: Path) -> bool:
+    """True when the run dir holds nothing but what Hydra wrote at start (safe to remove on a config error)."""
+    names = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
+    return names <= {".hydra", "train.log", "wandb", CONFIG_FILE}
+
+
+def run(cfg: dict[str, Any], run_dir: Path, console: Any = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; write its run dir. Returns results.json's content."""
+    run_dir = Path(run_dir)
+    dist_info = distributed.detect()
+    try:
+        validate(cfg)
+        if dist_info.world_size > 1:
+            if is_private(cfg):
+                raise JrftError(f"DP training with {dist_info.world_size} processes (DDP) is not supported: "
+                                "per-example clipping and the accountant assume one process; run DP without torchrun/srun")
+            distributed.init(dist_info, resolve_device(cfg["hardware"]["device"]))
+            run_dir = _agree_run_dir(run_dir, dist_info)
+        done, resume_from = _existing_run(cfg, run_dir)
+        if done is not None:
+            if dist_info.is_main:
+                print(f"jrft: {run_dir} already holds a completed run (results.json); skipping it", flush=True)
+            return done
+        if dist_info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))   # the resolved config
+            if resume_from is None:
+                (run_dir / METRICS_FILE).unlink(missing_ok=True)   # a restart from scratch logs anew
+        return _run(cfg, run_dir, console, resume_from, dist_info)
+    except JrftError:
+        # A bad setting must leave nothing behind that looks like a run.
+        if dist_info.is_main and _setup_only(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        distributed.shutdown()
+
+
+def _agree_run_dir(run_dir: Path, info: distributed.DistInfo) -> Path:
+    """Every rank uses rank 0's run dir (Hydra's timestamped dirs may differ by a second);
+    a rank's own dir, left empty, is removed."""
+    import torch.distributed as dist
+
+    box = [str(run_dir)]
+    dist.broadcast_object_list(box, src=0)
+    agreed = Path(box[0])
+    if not info.is_main and agreed != run_dir:
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
+    return agreed
+
+
+def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | None,
+         dist_info: distributed.DistInfo) -> dict[str, Any]:
+    from transformers.utils import logging as hf_logging
+
+    from jrft_cli.training.tracking import Tracker
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()   # its "Loading weights" bar would sit on stderr above any one-line error
+    t, task, m, hw = cfg["train"], cfg["task"], cfg["method"], cfg["hardware"]
+    if hw.get("num_threads"):
+        torch.set_num_threads(int(hw["num_threads"]))
+    device = resolve_device(hw["device"])
+    if device.type == "cuda" and dist_info.world_size > 1:
+        device = torch.device("cuda", dist_info.local_rank)
+    seed_everything(cfg["seed"])
+
+    tokenizer = load_tokenizer(cfg["model"]["name"], cfg["model"].get("revision"))
+    mask_format = m.get("head", "mask") == "mask"
+    data_cfg = cfg["data"]
+    train_ex = load_split(task, "train", data_cfg["dir"], data_cfg.get("limit_train"))
+    eval_ex = {s["name"]: load_split(task, s["name"], data_cfg["dir"], data_cfg.get("limit_eval"))
+               for s in task["eval_splits"]}
+    enc = lambda ex: encode(ex, tokenizer, mask_format=mask_format, max_length=data_cfg["max_length"])  # noqa: E731
+    train_data, eval_sets = enc(train_ex), {k: enc(v) for k, v in eval_ex.items()}
+    num_labels = 1 if task["is_regression"] else len(task["labels"])
+    dp_plan = privacy_plan(cfg, len(train_data)) if is_private(cfg) else None   # before the model loads
+
+    model = build_model(cfg, tokenizer, num_labels).to(device)
+
+    lr = learning_rate(cfg)
+    loop_cfg = LoopConfig(epochs=t["epochs"], max_steps=t["max_steps"], batch_size=t["batch_size"], lr=lr,
+                          warmup_ratio=t["warmup_ratio"], weight_decay=t.get("weight_decay", 0.0),
+                          grad_accum=t["grad_accum"], eval_every=t["eval_every"], max_grad_norm=t.get("max_grad_norm"),
+                          log_every=t.get("log_every", 10), seed=cfg["seed"],
+                          checkpoint_every=t.get("checkpoint_every") or 0)
+    task_info = TaskInfo(task["is_regression"], task["metrics"], task["main_metric"])
+    log_cfg = cfg["logger"]
+    checkpoint = load_checkpoint(resume_from) if resume_from else None
+    tracker = Tracker(run_dir, cfg, use_wandb=bool(log_cfg.get("enabled")) and dist_info.is_main,
+                      project=log_cfg.get("project", "jrft"), entity=log_cfg.get("entity"), group=log_cfg.get("group"),
+                      tags=log_cfg.get("tags"), mode=log_cfg.get("mode", "auto"),
+                      name=f"{task['name']}-{method_label(cfg)}-s{cfg['seed']}",
+                      resume_id=checkpoint.get("wandb_run_id") if checkpoint else None, console=console)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+
+    def save(state: dict[str, Any]) -> Path:
+        save_checkpoint(ckpt_path, {"trainer": state, "wandb_run_id": tracker.wandb_run_id})
+        return ckpt_path
+
+    exit_code = 1
+    try:
+        if dist_info.is_main:
+            tracker.print_config()
+        collate = make_collate(tokenizer, task["is_regression"])
+        with StopSignals() as stop:
+            hooks = dict(logger=tracker, on_metrics=MetricsWriter(run_dir), should_stop=stop, on_checkpoint=save)
+            if dp_plan is not None:
+                from jrft_cli.training.private_loop import PrivateTrainer
+                trainer = PrivateTrainer(model, train_data, eval_sets, collate, task_info, loop_cfg, device, dp_plan,
+                                         m["name"], hw.get("precision", "fp32"), **hooks)
+            else:
+                trainer = Trainer(model, train_data, eval_sets, collate, task_info, loop_cfg, device,
+                                  hw.get("precision", "fp32"), **hooks)
+            trainable, total = count_parameters(model)   # after the trainer: DP full finetuning freezes position embeddings
+            if checkpoint is not None:
+                trainer.load_state_dict(checkpoint["trainer"])
+                if dist_info.is_main:
+                    _rewrite_metrics(run_dir, trainer.history)
+                    print(f"jrft: resuming {run_dir} from its checkpoint at step {trainer.step}/{trainer.total_steps}",
+                          flush=True)
+            if dist_info.is_main:
+                tracker.start_progress(trainer.total_steps, f"{task['name']} {method_label(cfg)}")
+            try:
+                summary = trainer.run()
+            except TrainingInterrupted as e:
+                e.hand_on = stop.hand_on   # the caller passes the signal on (submitit: requeue) once out of here
+                exit_code = INTERRUPTED_EXIT_CODE
+                raise
+        if not dist_info.is_main:
+            exit_code = 0
+            return summary
+        if cfg.get("run", {}).get("save_trainable", True):
+            save_artifact(model, run_dir, cfg, tokenizer, num_labels)
+        results = {
+            "status": "completed",
+            "task": task["name"],
+            "model": model_id(cfg["model"]["name"]),
+            "model_name": cfg["model"]["name"],
+            "method": m["name"],
+            "method_label": method_label(cfg),
+            "seed": cfg["seed"],
+            "d": m.get("d") if m["name"] in JR_METHODS else None,
+            "trainable_params": trainable,
+            "total_params": total,
+            "main_metric": task["main_metric"],
+            **summary,
+            "lr": lr,
+            "batch_size": dp_plan.batch_size if dp_plan else t["batch_size"] * t["grad_accum"],
+            "train_examples": len(train_data),
+            "device": str(device),
+            "privacy": trainer.privacy_record() if dp_plan else None,
+            "jrft_version": __version__,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        tracker.summary(results)
+        if checkpoint is not None:
+            results["resumed_at_step"] = checkpoint["trainer"]["step"]
+        write_json_atomic(run_dir / RESULTS_FILE, results)   # last: its presence means "completed"
+        ckpt_path.unlink(missing_ok=True)                     # finished: nothing left to resume
+        exit_code = 0
+        return results
+    finally:
+        tracker.finish(exit_code)
