@@ -36,7 +36,7 @@ def main() -> None:
     from jrft_cli.cli.config import compose
     from jrft_cli.serving.export import export_run
     from jrft_cli.core.backbone import resolve_model_name
-    from jrft_cli.training.recipe import build_model
+    from jrft_cli.training.recipe import artifact_info, build_model
     from omegaconf import OmegaConf
 
     hf_logging.set_verbosity_error()
@@ -46,7 +46,7 @@ def main() -> None:
     jr = build_model(cfg, tok, 2).eval()
     base = build_model({**cfg, "method": {**cfg["method"], "name": "linear"}}, tok, 2).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        save_artifact(jr, Path(tmp) / "run", cfg, tok, 2)
+        save_artifact(jr, Path(tmp) / "run", artifact_info(cfg, jr, tok, 2))
         export_run(Path(tmp) / "run", Path(tmp) / "export")
         exported = AutoModelForSequenceClassification.from_pretrained(str(Path(tmp) / "export"),
                                                                       trust_remote_code=True).eval()

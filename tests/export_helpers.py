@@ -37,7 +37,7 @@ def make_run_dir(run_dir: Path, overrides: list[str], perturb: bool = True, seed
 
     from jrft_cli.core.artifact import save_artifact
     from jrft_cli.core.backbone import resolve_model_name
-    from jrft_cli.training.recipe import build_model
+    from jrft_cli.training.recipe import artifact_info, build_model
 
     cfg = compose_cfg(overrides)
     tok = AutoTokenizer.from_pretrained(resolve_model_name(cfg["model"]["name"]))
@@ -52,7 +52,7 @@ def make_run_dir(run_dir: Path, overrides: list[str], perturb: bool = True, seed
                     p.mul_(math.sqrt(p.numel()))
                 else:
                     p.add_(0.05 * torch.randn(p.shape, generator=g))
-    save_artifact(model, run_dir, cfg, tok, 2)
+    save_artifact(model, run_dir, artifact_info(cfg, model, tok, 2))
     return run_dir
 
 

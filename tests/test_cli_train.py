@@ -61,8 +61,8 @@ BAD_INPUT = {   # override -> the one stderr line (a regex)
                            + ", ".join(group_choices("task"))),
     "method=nope": re.escape("jrft: error: method='nope' is not a valid choice; choose one of: "
                              + ", ".join(group_choices("method"))),
-    "d=0": re.escape("jrft: error: d=0 is not valid; d must be a positive integer (e.g. d=1024)"),
-    "d=-3": re.escape("jrft: error: d=-3 is not valid; d must be a positive integer (e.g. d=1024)"),
+    "d=0": re.escape("jrft: error: method.d=0 is not valid; it must be >= 1 (method=jr)"),
+    "d=-3": re.escape("jrft: error: method.d=-3 is not valid; it must be >= 1 (method=jr)"),
     "data.dir=/nonexistent": re.escape(
         "jrft: error: data.dir '/nonexistent' does not exist; point data.dir (or JRFT_GLUE_DIR) at a glue_data/ "
         "root, or set data.dir=null to load from the Hugging Face Hub"),

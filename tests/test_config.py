@@ -11,7 +11,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from jrft_cli.cli.config import GROUPS, compose, config_dir, group_choices
-from jrft_cli.core.methods import METHODS
+from jrft_cli.core.registry import method_names
 from jrft_cli.training.recipe import validate
 
 from conftest import REPO, subprocess_env
@@ -20,7 +20,7 @@ COMBINED_GROUPS = ("model", "task", "method", "hardware")
 
 
 def test_group_choices_match_the_files():
-    assert group_choices("method") == sorted(METHODS)
+    assert group_choices("method") == sorted(method_names())
     assert group_choices("task") == ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"]
     assert group_choices("hardware") == ["auto", "cpu", "gpu"]
     assert group_choices("logger") == ["none", "wandb"]

@@ -13,8 +13,8 @@ from export_helpers import PAIR_TEXTS, load_isolated, make_run_dir, tiny_roberta
 from jrft_cli.core.artifact import load_artifact
 from jrft_cli.core.errors import JrftError
 from jrft_cli.serving.export import export_run, fold_shifts
-from jrft_cli.core.methods.jr import locate
-from jrft_cli.core.backbone import find_encoder_layers
+from jrft_cli.core.families import locate
+from jrft_cli.core.families import find_layers as find_encoder_layers
 
 torch.set_num_threads(1)
 TOL = 1e-5

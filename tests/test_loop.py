@@ -10,7 +10,7 @@ import torch
 from jrft_cli.tasks.glue import make_collate
 from jrft_cli.training.loop import LoopConfig, Trainer, autocast_dtype, epoch_order, resolve_device
 from jrft_cli.tasks.evaluation import TaskInfo, evaluate, loss_fn, predict
-from jrft_cli.core.methods import apply_method
+from jrft_cli.core.registry import apply_method
 
 SST2 = TaskInfo(False, ["accuracy"], "accuracy")
 CPU = torch.device("cpu")

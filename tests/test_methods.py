@@ -10,10 +10,11 @@ import torch
 from jrft_cli.core.errors import JrftError
 from jrft_cli.training.loop import LoopConfig, Trainer
 from jrft_cli.tasks.evaluation import TaskInfo, loss_fn
-from jrft_cli.core.methods import METHODS, apply_method
-from jrft_cli.core.methods.jr import locate
+from jrft_cli.core.registry import apply_method, method_names
+from jrft_cli.core.families import locate
 from jrft_cli.tasks.glue import make_collate
-from jrft_cli.core.backbone import count_parameters, find_encoder_layers
+from jrft_cli.core.backbone import count_parameters
+from jrft_cli.core.families import find_layers as find_encoder_layers
 
 from conftest import state_snapshot
 
@@ -106,22 +107,29 @@ def test_method_trains_frozen_stays_and_counts(case, make_model, tokenizer, sst2
 
 def test_unknown_method_and_bad_options(make_model):
     model = make_model()
-    with pytest.raises(JrftError, match=r"method='nope' is not valid; choose one of full, bitfit, lora, linear, jr, jr_warp"):
+    with pytest.raises(ValueError, match=r"method='nope' is not valid; choose one of full, bitfit, lora, linear, jr, jr_warp"):
         apply_method(model, "nope")
-    for d in (0, -3, True, 2.5):
-        with pytest.raises(JrftError, match=r"d=.* is not valid; d must be a positive integer"):
+    for d in (0, -3):
+        with pytest.raises(ValueError, match=rf"SlashConfig: d={d} is not valid; it must be >= 1"):
             apply_method(make_model(), "jr", d=d)
-    with pytest.raises(JrftError, match=r"method.position='ffn' is not valid; choose one of output, intermediate, attention"):
+    for d in (True, 2.5, "8"):
+        with pytest.raises(TypeError, match=r"SlashConfig: d=.* is not valid; it must be an integer"):
+            apply_method(make_model(), "jr", d=d)
+    with pytest.raises(ValueError, match=r"SlashConfig: position='ffn' is not valid; choose one of output, intermediate, attention"):
         apply_method(make_model(), "jr", d=8, position="ffn")
-    with pytest.raises(JrftError, match=r"method.projection='sparse' is not valid"):
+    with pytest.raises(ValueError, match=r"SlashConfig: projection='sparse' is not valid; choose one of dense, structured"):
         apply_method(make_model(), "jr", d=8, projection="sparse")
-    with pytest.raises(JrftError, match=r"method.z_init='ones' is not valid; choose one of normal, zeros"):
+    with pytest.raises(ValueError, match=r"SlashConfig: z_init='ones' is not valid; choose one of normal, zeros"):
         apply_method(make_model(), "jr", d=8, z_init="ones")
-    with pytest.raises(JrftError, match=r"method.target_modules: \['qkv'\] not found"):
+    with pytest.raises(TypeError, match=r"SlashConfig: unknown option 'positon' \(did you mean 'position'\?\)"):
+        apply_method(make_model(), "jr", d=8, positon="output")
+    with pytest.raises(ValueError, match=r"LoraOptions: target_modules \['qkv'\] not found"):
         apply_method(make_model(head="cls"), "lora", target_modules=["qkv"])
-    with pytest.raises(JrftError, match=r"method.r=0 is not valid"):
+    with pytest.raises(ValueError, match=r"LoraOptions: r=0 is not valid; it must be >= 1"):
         apply_method(make_model(head="cls"), "lora", r=0)
-    assert METHODS == ("full", "bitfit", "lora", "linear", "jr", "jr_warp")
+    with pytest.raises(TypeError, match=r"FullOptions: unknown option 'd'; valid options: none"):
+        apply_method(make_model(), "full", d=8)
+    assert method_names() == ("full", "bitfit", "lora", "linear", "jr", "jr_warp")
 
 
 # ---------------------------------------------------------------------------------------------

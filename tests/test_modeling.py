@@ -8,11 +8,11 @@ from jrft_cli.core.errors import JrftError
 from jrft_cli.core.backbone import (
     SequenceClassifier,
     count_parameters,
-    find_encoder_layers,
     load_tokenizer,
     model_id,
     resolve_model_name,
 )
+from jrft_cli.core.families import find_layers as find_encoder_layers
 
 from conftest import MINILM
 
@@ -53,7 +53,7 @@ def test_mask_head_shapes_counts_and_layers(make_model):
     # backbone without pooler: 22,565,376; head 384 * 2 + 2 = 770
     assert count_parameters(model) == (22_566_146, 22_566_146)
     assert [p.shape for p in model.head_parameters()] == [torch.Size([2, 384]), torch.Size([2])]
-    with pytest.raises(JrftError, match="cannot find the encoder layers"):
+    with pytest.raises(JrftError, match="cannot find the transformer layers"):
         find_encoder_layers(torch.nn.Linear(2, 2))
 
 

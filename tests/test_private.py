@@ -15,7 +15,7 @@ from torch import nn
 from jrft_cli.core.errors import JrftError
 from jrft_cli.training.loop import LoopConfig
 from jrft_cli.tasks.evaluation import TaskInfo, loss_fn
-from jrft_cli.core.methods import apply_method
+from jrft_cli.core.registry import apply_method
 from jrft_cli.core.backbone import SequenceClassifier
 from jrft_cli.dp.accounting import PrivacyError, epsilon_for
 from jrft_cli.dp.private import OpacusGradSampler, PrivacyPlan, ShiftGradSampler, freeze_shared_embeddings, plan

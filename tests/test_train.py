@@ -25,11 +25,12 @@ def quiet() -> Console:
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["d=0"], r"^d=0 is not valid; d must be a positive integer \(e.g. d=1024\)$"),
-    (["d=-3"], r"^d=-3 is not valid; d must be a positive integer"),
-    (["d=true"], r"^d=True is not valid"),
-    (["d=abc"], r"^d='abc' is not valid"),
-    (["method=jr_warp", "d=0"], r"^d=0 is not valid"),
+    (["d=0"], r"^method.d=0 is not valid; it must be >= 1 \(method=jr\)$"),
+    (["d=-3"], r"^method.d=-3 is not valid; it must be >= 1"),
+    (["d=true"], r"^method.d=True is not valid; it must be an integer"),
+    (["d=abc"], r"^method.d='abc' is not valid"),
+    (["method=jr_warp", "d=0"], r"^method.d=0 is not valid; it must be >= 1 \(method=jr_warp\)$"),
+    (["+method.positon=output"], r"^unknown option 'positon' \(did you mean 'position'\?\); valid options: d, position"),
     (["train.batch_size=0"], r"^train.batch_size=0 is not valid; it must be a positive integer$"),
     (["train.grad_accum=-1"], r"^train.grad_accum=-1 is not valid"),
     (["train.epochs=0"], r"^train.epochs=0 is not valid; it must be > 0 \(or set train.max_steps > 0\)$"),

@@ -93,7 +93,7 @@ def private_step_times(model_name: str, examples: Sequence[dict], collate: Any, 
     """
     from jrft_cli.training.loop import LoopConfig, Trainer
     from jrft_cli.tasks.evaluation import TaskInfo
-    from jrft_cli.core.methods import apply_method
+    from jrft_cli.core.registry import apply_method
     from jrft_cli.core.backbone import SequenceClassifier
     from jrft_cli.dp.accounting import poisson_sample
     from jrft_cli.dp.private import PrivacyPlan

@@ -24,7 +24,7 @@ from torch import nn
 
 from jrft_cli.tasks.evaluation import loss_fn
 from jrft_cli.core.methods.jr import init_z, locate
-from jrft_cli.core.backbone import find_encoder_layers
+from jrft_cli.core.families import find_layers as find_encoder_layers
 from jrft_cli.dp.accounting import add_noise, clip_and_sum
 from jrft_cli.core.projection import make_projection
 

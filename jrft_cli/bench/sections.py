@@ -184,7 +184,7 @@ def prepare_private(row: Row, items: list[dict], collate: Callable, device: torc
                                   noise_multiplier=noise_multiplier)
         step, path = (lambda: runner.step(items)), "opacus GradSampleModule (functorch)"
     else:
-        from jrft_cli.dp.private import AUTO_MODE, FAST_METHODS, PrivacyPlan
+        from jrft_cli.dp.private import PrivacyPlan, sampler_label
         from jrft_cli.training.private_loop import PrivateTrainer
 
         plan = PrivacyPlan(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=total_steps, delta=1e-5,
@@ -193,7 +193,7 @@ def prepare_private(row: Row, items: list[dict], collate: Callable, device: torc
                                 LoopConfig(max_steps=total_steps, batch_size=len(items), lr=row.lr),
                                 device, plan, row.method)
         step = runner.private_step
-        path = "fast (shift grads)" if row.method in FAST_METHODS else f"opacus ({AUTO_MODE[row.method]})"
+        path = sampler_label(row.method)
     info = {"label": row.label, "method": row.method, **row.extra, "path": path, "trainable_params": trainable,
             "noise_multiplier": noise_multiplier, "max_grad_norm": max_grad_norm}
     return Runner("private", info, step, runner)
@@ -243,11 +243,12 @@ def inference_rows(build_base: Callable[[], nn.Module], build_jr: Callable[[], n
     from pathlib import Path
 
     from jrft_cli.core.artifact import save_artifact
+    from jrft_cli.training.recipe import artifact_info
     from jrft_cli.serving.export import export_run, load_export
 
     base, jr = build_base().eval(), build_jr().eval()
     with tempfile.TemporaryDirectory() as tmp:
-        save_artifact(jr, Path(tmp) / "run", cfg, tokenizer, num_labels)
+        save_artifact(jr, Path(tmp) / "run", artifact_info(cfg, jr, tokenizer, num_labels))
         export_run(Path(tmp) / "run", Path(tmp) / "export")
         exported, _, _ = load_export(Path(tmp) / "export")
     base, jr, exported = base.to(device), jr.to(device), exported.to(device)
@@ -287,7 +288,7 @@ def shift_vs_step(layers: int = 24, hidden: int = 1024, d: int = 4096, batch_siz
     `fraction` is the median over rounds of (shift time / step time) measured back to back."""
     from transformers import RobertaConfig, RobertaModel
 
-    from jrft_cli.core.methods import apply_method
+    from jrft_cli.core.registry import apply_method
 
     device = torch.device(device)
     heads = max(1, hidden // 64)

@@ -58,16 +58,6 @@ def model_id(name: str) -> str:
     return name.rstrip("/").split("/")[-1]
 
 
-def find_encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks, found by name (BERT, RoBERTa, ELECTRA, XLM-R: `encoder.layer`;
-    DistilBERT: `transformer.layer`), wherever the backbone sits in a wrapper."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and (name.endswith("encoder.layer") or name.endswith("transformer.layer")):
-            return module
-    raise JrftError(f"cannot find the encoder layers of {type(model).__name__}; supported: BERT/RoBERTa-style "
-                    f"(encoder.layer) and DistilBERT-style (transformer.layer) models")
-
-
 def set_dropout(model: nn.Module, p: float) -> None:
     """Set every dropout probability (the paper turns dropout off for jr)."""
     for m in model.modules():

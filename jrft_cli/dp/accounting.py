@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
+from jrft_cli.core.errors import JrftError
 
-class PrivacyError(ValueError):
+
+class PrivacyError(JrftError):
     """Invalid privacy settings; the message is one line naming the bad value and what is valid."""
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from jrft_cli.core.errors import JrftError
+from jrft_cli.core.registry import method_spec
 from jrft_cli.dp.accounting import (
     ACCOUNTANTS,
     PrivacyError,
@@ -42,12 +43,7 @@ from jrft_cli.dp.accounting import (
     validate,
 )
 
-FAST_METHODS = ("jr", "jr_warp", "linear")
-OPACUS_METHODS = ("full", "bitfit", "lora")
 GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
-# The fastest correct opacus mode per method, measured with benchmarks.private_step_times (MiniLM, SST-2,
-# logical batch 256): lora hooks 1029 ms vs ghost 1517 ms per step; full needs ghost (B x V x H embeddings).
-AUTO_MODE = {"full": "ghost", "bitfit": "hooks", "lora": "hooks"}
 
 
 @dataclass
@@ -272,12 +268,18 @@ def freeze_shared_embeddings(model: nn.Module) -> list[str]:
 
 def make_sampler(model: nn.Module, params: Sequence[nn.Parameter], method: str, mode: str,
                  max_grad_norm: float) -> ShiftGradSampler | OpacusGradSampler:
-    """The per-example gradient sampler for `method` (see the module docstring)."""
-    if method in FAST_METHODS:
+    """The per-example gradient sampler for `method`, as its registry entry declares (`MethodSpec.dp`);
+    `mode` "auto" takes the method's own opacus mode."""
+    dp = method_spec(method).dp
+    if dp.path == "shift":
         return ShiftGradSampler(model, params)
-    if method in OPACUS_METHODS:
-        return OpacusGradSampler(model, params, AUTO_MODE[method] if mode == "auto" else mode, max_grad_norm)
-    raise JrftError(f"method={method!r} has no private training; choose one of {', '.join(FAST_METHODS + OPACUS_METHODS)}")
+    return OpacusGradSampler(model, params, dp.opacus_mode if mode == "auto" else mode, max_grad_norm)
+
+
+def sampler_label(method: str, mode: str = "auto") -> str:
+    """How `method`'s per-example gradients are computed, for reports: `fast (shift grads)` or `opacus (MODE)`."""
+    dp = method_spec(method).dp
+    return "fast (shift grads)" if dp.path == "shift" else f"opacus ({dp.opacus_mode if mode == 'auto' else mode})"
 
 
 # ---------------------------------------------------------------- the trainer

@@ -25,10 +25,10 @@ from torch import nn
 
 from jrft_cli import __version__
 from jrft_cli.core.artifact import LoadedRun, load_artifact
+from jrft_cli.core.backbone import SequenceClassifier
 from jrft_cli.core.errors import JrftError
-from jrft_cli.core.methods.jr import locate
-from jrft_cli.core.backbone import SequenceClassifier, find_encoder_layers
 from jrft_cli.core.files import write_json_atomic
+from jrft_cli.core.registry import method_spec
 
 EXPORT_NOTE = "jrft_export.json"
 MODELING_FILE = "modeling_jrft.py"
@@ -39,17 +39,11 @@ VERIFY_TOL = 1e-4
 
 
 def fold_shifts(model: SequenceClassifier) -> None:
-    """Fold a SLaSh adapter into the backbone's biases and remove it (in place)."""
-    adapter = model.adapter
-    with torch.no_grad():
-        shifts = adapter.shifts().detach()
-    adapter.remove_hooks()
-    for l, layer in enumerate(find_encoder_layers(model.backbone)):
-        target = locate(layer, adapter.position)
-        if getattr(target, "bias", None) is None:
-            raise JrftError(f"cannot fold the {adapter.position!r} shift: {type(target).__name__} in layer {l} has no bias")
-        with torch.no_grad():
-            target.bias.add_(shifts[l].to(target.bias.dtype))
+    """Fold a SLaSh adapter into the backbone's biases and drop it (in place)."""
+    try:
+        model.adapter.fold()
+    except ValueError as e:
+        raise JrftError(str(e)) from None
     del model.adapter
 
 
@@ -58,23 +52,9 @@ def take_prompt(model: SequenceClassifier) -> tuple[torch.Tensor, int]:
     adapter = model.adapter
     with torch.no_grad():
         prompt = adapter.shifts().detach().clone()
-    adapter.remove_hooks()
+    adapter.remove()
     del model.adapter
     return prompt, adapter.prompt_token_id
-
-
-def merge_lora(model: nn.Module) -> None:
-    """Merge every peft tuner layer into its base layer and put the base layer back (in place)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    tuners = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
-    for name, layer in tuners:
-        layer.merge()
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.get_base_layer())
-    for m in model.modules():
-        if hasattr(m, "peft_config"):
-            del m.peft_config
 
 
 def _label_config(info: dict[str, Any]) -> dict[str, Any]:
@@ -137,14 +117,14 @@ def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify:
     loaded: LoadedRun = load_artifact(Path(run_dir))
     info, reference = loaded.info, loaded.model
     model = copy.deepcopy(reference)
-    method = info["method"]
+    spec = method_spec(info["method"])
     prompt, prompt_token_id = None, None
-    if method == "jr":
+    if spec.export == "fold":
         fold_shifts(model)
-    elif method == "jr_warp":
+    elif spec.export == "prompt":
         prompt, prompt_token_id = take_prompt(model)
-    elif method == "lora":
-        merge_lora(model.backbone)
+    elif spec.export == "merge":
+        spec.merge(model.backbone)
     remote = model.head_kind == "mask" or prompt is not None
     if remote:
         exported = _build_remote(model, info, prompt, prompt_token_id)

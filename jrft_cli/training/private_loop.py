@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from jrft_cli.core.errors import JrftError
+from jrft_cli.core.registry import method_spec
 from jrft_cli.dp.accounting import Accountant, add_noise, micro_batches, poisson_sample
 from jrft_cli.dp.private import PrivacyPlan, ShiftGradSampler, freeze_shared_embeddings, make_sampler
 from jrft_cli.tasks.evaluation import TaskInfo, loss_fn
@@ -30,7 +31,8 @@ class PrivateTrainer(Trainer):
             raise JrftError(f"train.grad_accum={cfg.grad_accum} is not valid with privacy=dp: it would change the "
                             "sampled batch; set privacy.batch_size (logical) and privacy.micro_batch_size (memory)")
         self.plan, self.method = privacy, method
-        self.frozen_for_privacy = freeze_shared_embeddings(model) if method == "full" else []
+        dp_support = method_spec(method).dp
+        self.frozen_for_privacy = freeze_shared_embeddings(model) if dp_support.freeze_shared_embeddings else []
         super().__init__(model, train_data, eval_sets, collate, task,
                          # batch_size here only sizes evaluation batches: keep them physical
                          replace(cfg, batch_size=privacy.micro_batch_size, max_grad_norm=None),

@@ -5,6 +5,7 @@ Nothing below this module knows about Hydra or OmegaConf.
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -15,22 +16,19 @@ import yaml
 import torch
 
 from jrft_cli import __version__
-from jrft_cli.training import distributed
-from jrft_cli.core.artifact import save_artifact
-from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
-                                 load_checkpoint, save_checkpoint)
-from jrft_cli.tasks.glue import encode, load_split, make_collate
-from jrft_cli.core.errors import JrftError
-from jrft_cli.training.loop import LoopConfig, Trainer, resolve_device
-from jrft_cli.tasks.evaluation import TaskInfo
-from jrft_cli.core.methods import METHODS, apply_method
+from jrft_cli.core.artifact import run_artifact_info, save_artifact
 from jrft_cli.core.backbone import SequenceClassifier, count_parameters, load_tokenizer, model_id
-from jrft_cli.dp.accounting import PrivacyError
+from jrft_cli.core.build import build_classifier
+from jrft_cli.core.errors import JrftError
 from jrft_cli.core.files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, MetricsWriter, read_results, write_json_atomic
-
-JR_METHODS = ("jr", "jr_warp")
-# Keys of a method config that are not options of its apply() step.
-_NOT_OPTIONS = ("name", "lr", "dp_lr", "head", "dropout")
+from jrft_cli.core.registry import MethodSpec, method_names, method_spec
+from jrft_cli.dp.accounting import PrivacyError
+from jrft_cli.tasks.evaluation import TaskInfo
+from jrft_cli.tasks.glue import encode, load_split, make_collate
+from jrft_cli.training import distributed
+from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
+                                          load_checkpoint, save_checkpoint)
+from jrft_cli.training.loop import LoopConfig, Trainer, resolve_device
 
 
 def seed_everything(seed: int) -> None:
@@ -41,13 +39,7 @@ def seed_everything(seed: int) -> None:
 
 def validate(cfg: dict[str, Any]) -> None:
     """Fail fast, before anything is loaded, with one line naming the bad value and the choices."""
-    method = cfg["method"]["name"]
-    if method not in METHODS:
-        raise JrftError(f"method={method!r} is not valid; choose one of {', '.join(METHODS)}")
-    if method in JR_METHODS:
-        d = cfg["method"].get("d")
-        if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
-            raise JrftError(f"d={d!r} is not valid; d must be a positive integer (e.g. d=1024)")
+    method_options(cfg)
     t = cfg["train"]
     for key in ("batch_size", "grad_accum"):
         if not isinstance(t[key], int) or t[key] <= 0:
@@ -104,34 +96,45 @@ def privacy_plan(cfg: dict[str, Any], n: int):
         raise JrftError(str(e)) from None
 
 
+def method_of(cfg: dict[str, Any]) -> MethodSpec:
+    """The registered method the config names (one-line error naming the choices otherwise)."""
+    name = cfg["method"]["name"]
+    if name not in method_names():
+        raise JrftError(f"method={name!r} is not valid; choose one of {', '.join(method_names())}")
+    return method_spec(name)
+
+
+def method_options(cfg: dict[str, Any]) -> Any:
+    """The method's typed options from `cfg.method` (unknown or ill-typed keys: one-line error)."""
+    spec = method_of(cfg)
+    try:
+        return spec.parse_options(cfg["method"])
+    except (TypeError, ValueError) as e:
+        # "SlashConfig: d=0 is not valid; ..." -> "method.d=0 is not valid; ... (method=jr)"
+        msg = str(e).removeprefix(f"{spec.options.__name__}: ")
+        if re.match(r"^\w+=", msg):
+            msg = f"method.{msg}"
+        raise JrftError(f"{msg} (method={spec.name})") from None
+
+
 def method_label(cfg: dict[str, Any]) -> str:
     """Short row label for tables: `jr d=4096`, `lora r=1`, `full`."""
-    m = cfg["method"]
-    name = m["name"]
-    if name in JR_METHODS:
-        extra = [f"d={m['d']}"]
-        if name == "jr" and m.get("position", "output") != "output":
-            extra.append(m["position"])
-        if m.get("projection", "dense") != "dense":
-            extra.append(m["projection"])
-        return f"{name} " + " ".join(extra)
-    if name == "lora":
-        return f"lora r={m['r']}"
-    return name
+    return method_of(cfg).row_label(method_options(cfg))
 
 
 def build_model(cfg: dict[str, Any], tokenizer: Any, num_labels: int) -> SequenceClassifier:
     """The backbone with its head, the method applied (deterministic for the run's seed)."""
     m = cfg["method"]
-    torch.manual_seed(cfg["seed"])
-    model = SequenceClassifier(cfg["model"]["name"], num_labels, head=m.get("head", "mask"),
-                               dropout=m.get("dropout"), revision=cfg["model"].get("revision"),
-                               mask_token_id=tokenizer.mask_token_id)
-    options = {k: v for k, v in m.items() if k not in _NOT_OPTIONS}
-    if m["name"] == "jr_warp":
-        options["prompt_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    apply_method(model, m["name"], **options)
-    return model
+    return build_classifier(cfg["model"]["name"], num_labels, m["name"], method_options(cfg), tokenizer=tokenizer,
+                            seed=cfg["seed"], head=m.get("head", "mask"), dropout=m.get("dropout"),
+                            revision=cfg["model"].get("revision"))
+
+
+def artifact_info(cfg: dict[str, Any], model: SequenceClassifier, tokenizer: Any, num_labels: int) -> dict[str, Any]:
+    """adapter_config.json for a run of `cfg` (see core.artifact.run_artifact_info)."""
+    return run_artifact_info(model, tokenizer, method_config=cfg["method"], model_name=cfg["model"]["name"],
+                             revision=cfg["model"].get("revision"), task=cfg["task"], num_labels=num_labels,
+                             max_length=cfg["data"]["max_length"], seed=cfg["seed"])
 
 
 # Settings that may differ between a run and its resumption (machine, logging, data location).
@@ -320,7 +323,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
             exit_code = 0
             return summary
         if cfg.get("run", {}).get("save_trainable", True):
-            save_artifact(model, run_dir, cfg, tokenizer, num_labels)
+            save_artifact(model, run_dir, artifact_info(cfg, model, tokenizer, num_labels))
         results = {
             "status": "completed",
             "task": task["name"],
@@ -329,7 +332,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
             "method": m["name"],
             "method_label": method_label(cfg),
             "seed": cfg["seed"],
-            "d": m.get("d") if m["name"] in JR_METHODS else None,
+            "d": method_spec(m["name"]).options_dict(model.method_options).get("d"),
             "trainable_params": trainable,
             "total_params": total,
             "main_metric": task["main_metric"],

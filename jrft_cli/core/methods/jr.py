@@ -1,10 +1,12 @@
 """SLaSh (`method=jr`): one trainable z, fixed seeded projections W_l, shift s_l = z W_l per layer.
 
-The shift is injected with forward hooks on the stock transformers modules (no model-class copies):
+Written by hand: no maintained library implements jointly reparametrized shifts (PEFT has no such
+tuner). The shift is injected with forward hooks on the stock transformers modules (no model-class
+copies); see core.families for where each position lives:
 - `output`:       added to the output of the FFN output projection (== adding s_l to its bias),
 - `intermediate`: added to the FFN pre-activation (== the intermediate projection's bias),
 - `attention`:    added after the attention block's LayerNorm (== that LayerNorm's bias).
-So a trained model folds exactly into a plain checkpoint (see jrft export).
+So a trained adapter folds exactly into the backbone's biases (`SLaSh.fold`), and back (`unfold`).
 
 Each forward builds the shifts once as a per-example tensor S (B, L, H) whose rows all equal s_l:
 with `per_example=True` S keeps its gradient, and S.grad[i, l] is example i's gradient w.r.t. s_l,
@@ -13,45 +15,30 @@ which gives exact per-example gradients of z from ONE ordinary backward pass (pr
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
-from jrft_cli.core.errors import JrftError
-from jrft_cli.core.backbone import find_encoder_layers
-from jrft_cli.core.projection import PROJECTION_KINDS, make_projection
+from jrft_cli.core import families
+from jrft_cli.core.options import method_options
+from jrft_cli.core.registry import DPSupport, MethodSpec
+from jrft_cli.core.projection import make_projection
+from dataclasses import field
 
-POSITIONS = ("output", "intermediate", "attention")
-Z_INITS = ("normal", "zeros")
-
-# Where each position lives, by module path inside one encoder layer (BERT/RoBERTa first, DistilBERT second).
-_POSITION_PATHS = {
-    "output": ("output.dense", "ffn.lin2"),
-    "intermediate": ("intermediate.dense", "ffn.lin1"),
-    "attention": ("attention.output.LayerNorm", "sa_layer_norm"),
-}
+Position = Literal["output", "intermediate", "attention"]
+ProjectionKind = Literal["dense", "structured"]
+ZInit = Literal["normal", "zeros"]
 
 
-def locate(layer: nn.Module, position: str) -> nn.Module:
-    """The module inside `layer` whose output receives the shift at `position`."""
-    if position not in POSITIONS:
-        raise JrftError(f"method.position={position!r} is not valid; choose one of {', '.join(POSITIONS)}")
-    for path in _POSITION_PATHS[position]:
-        try:
-            return layer.get_submodule(path)
-        except AttributeError:
-            continue
-    raise JrftError(f"cannot find the {position!r} position in {type(layer).__name__}; "
-                    f"looked for {', '.join(_POSITION_PATHS[position])}")
-
-
-def out_features(module: nn.Module) -> int:
-    """Width of a module's output (the shift size at that position)."""
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, nn.LayerNorm):
-        return int(module.normalized_shape[0])
-    raise JrftError(f"cannot shift the output of {type(module).__name__}")
+@method_options
+class SlashConfig:
+    """SLaSh: `d` = size of z; `position` of the shift; `projection` kind and its `seed`; `z_init`."""
+    d: int = field(default=1024, metadata={"min": 1})
+    position: Position = "output"
+    projection: ProjectionKind = "dense"
+    seed: int = field(default=0, metadata={"key": "projection_seed"})
+    z_init: ZInit = "normal"
 
 
 def init_z(d: int, mode: str) -> torch.Tensor:
@@ -60,7 +47,7 @@ def init_z(d: int, mode: str) -> torch.Tensor:
         return torch.randn(d) / math.sqrt(d)
     if mode == "zeros":
         return torch.zeros(d)
-    raise JrftError(f"method.z_init={mode!r} is not valid; choose one of {', '.join(Z_INITS)}")
+    raise ValueError(f"z_init={mode!r} is not valid; choose one of normal, zeros")
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:
@@ -71,15 +58,14 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
 
 
 class JointShift(nn.Module):
-    """z and its projection; builds the per-batch shift tensor S (B, L, H) at every backbone forward."""
+    """z and its projection; builds the per-batch shift tensor S (B, L, H) at every backbone forward.
+
+    The base of SLaSh and JR-WARP: `shifts()` gives all layers' s_l; `per_example_z_grads()` maps the
+    per-example shift gradients back to z (private training); `remove()` detaches every hook."""
 
     def __init__(self, backbone: nn.Module, d: int, num_layers: int, out_dim: int, projection: str = "dense",
                  projection_seed: int = 0, z_init: str = "normal") -> None:
         super().__init__()
-        if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
-            raise JrftError(f"d={d!r} is not valid; d must be a positive integer (e.g. d=1024)")
-        if projection not in PROJECTION_KINDS:
-            raise JrftError(f"method.projection={projection!r} is not valid; choose one of {', '.join(PROJECTION_KINDS)}")
         self.d, self.num_layers, self.out_dim = d, num_layers, out_dim
         self.projection_kind, self.projection_seed, self.z_init = projection, int(projection_seed), z_init
         self.z = nn.Parameter(init_z(d, z_init))
@@ -106,21 +92,30 @@ class JointShift(nn.Module):
             raise RuntimeError("no per-example shift gradients: set per_example=True and run backward first")
         return self.projection.transpose_apply(self.batch_shifts.grad)
 
-    def remove_hooks(self) -> None:
+    def remove(self) -> None:
+        """Detach every hook: the backbone computes as if the adapter were not there."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
+    remove_hooks = remove
+
 
 class SLaSh(JointShift):
-    """Adds s_l to every token position of layer l at the chosen position."""
+    """Adds s_l to every token position of layer l at the chosen position (see the module docstring)."""
 
     def __init__(self, backbone: nn.Module, d: int, position: str = "output", **kwargs) -> None:
-        layers = find_encoder_layers(backbone)
-        targets = [locate(layer, position) for layer in layers]
-        super().__init__(backbone, d, len(layers), out_features(targets[0]), **kwargs)
+        layers = families.find_layers(backbone)
+        targets = [families.locate(layer, position) for layer in layers]
+        super().__init__(backbone, d, len(layers), families.out_features(targets[0]), **kwargs)
         self.position = position
-        for l, target in enumerate(targets):
+        self._targets = targets
+        self._backbone_ref = [backbone]     # a list: not registered as a submodule
+        self._folded: torch.Tensor | None = None
+        self._hook_targets()
+
+    def _hook_targets(self) -> None:
+        for l, target in enumerate(self._targets):
             self._handles.append(target.register_forward_hook(self._make_hook(l)))
 
     def _make_hook(self, l: int):
@@ -128,18 +123,71 @@ class SLaSh(JointShift):
             return out + self.batch_shifts[:, l, None, :].to(out.dtype)
         return hook
 
+    @property
+    def folded(self) -> bool:
+        return self._folded is not None
 
-def apply(model: nn.Module, *, d: int, position: str = "output", projection: str = "dense",
-          projection_seed: int = 0, z_init: str = "normal", **_: object) -> None:
-    """Freeze everything, attach SLaSh as `model.adapter`, train z and the head."""
-    model.requires_grad_(False)   # before the adapter exists: z stays trainable
-    attach(model, SLaSh(model.backbone, d, position, projection=projection,
-                        projection_seed=projection_seed, z_init=z_init))
+    def fold(self) -> None:
+        """Add the current shifts to the target modules' biases and remove the hooks: the backbone is a
+        plain model of its family again (same outputs, no extra cost). `unfold()` undoes it."""
+        if self.folded:
+            raise RuntimeError("the adapter is already folded")
+        for l, target in enumerate(self._targets):
+            if getattr(target, "bias", None) is None:
+                raise ValueError(f"cannot fold the {self.position!r} shift: {type(target).__name__} in layer {l} "
+                                 "has no bias")
+        with torch.no_grad():
+            shifts = self.shifts().detach().clone()
+            for l, target in enumerate(self._targets):
+                target.bias.add_(shifts[l].to(target.bias.dtype))
+        self.remove()
+        self._folded = shifts
+
+    def unfold(self) -> None:
+        """Subtract the folded shifts from the biases and hook the adapter back in (z trains again)."""
+        if not self.folded:
+            raise RuntimeError("the adapter is not folded")
+        with torch.no_grad():
+            for l, target in enumerate(self._targets):
+                target.bias.sub_(self._folded[l].to(target.bias.device, target.bias.dtype))
+        self._folded = None
+        self._handles.append(self._backbone_ref[0].register_forward_pre_hook(self._begin, with_kwargs=True))
+        self._hook_targets()
 
 
-def attach(model: nn.Module, adapter: JointShift) -> None:
-    """Make `adapter` the model's `adapter`; z and the head train, everything else stays frozen."""
+def attach_slash(backbone: nn.Module, config: SlashConfig) -> SLaSh:
+    """SLaSh on a bare backbone (freezes it; z is the only trainable tensor)."""
+    backbone.requires_grad_(False)
+    adapter = SLaSh(backbone, config.d, config.position, projection=config.projection,
+                    projection_seed=config.seed, z_init=config.z_init)
+    adapter.config = config
+    return adapter
+
+
+def train_z_and_head(model: nn.Module, adapter: JointShift) -> None:
+    """Make `adapter` the classifier's `adapter`; z and the head train, everything else stays frozen."""
     model.adapter = adapter
     adapter.z.requires_grad_(True)
     for p in model.head_parameters():
         p.requires_grad_(True)
+
+
+def apply(model: nn.Module, config: SlashConfig) -> None:
+    """Freeze the classifier, attach SLaSh as `model.adapter`, train z and the head."""
+    model.requires_grad_(False)   # before the adapter exists: z stays trainable
+    train_z_and_head(model, attach_slash(model.backbone, config))
+
+
+def label(config: SlashConfig) -> str:
+    """Table row label: `jr d=1024`, plus the position and projection when not the defaults."""
+    extra = [f"d={config.d}"]
+    if config.position != "output":
+        extra.append(config.position)
+    if config.projection != "dense":
+        extra.append(config.projection)
+    return "jr " + " ".join(extra)
+
+
+SPEC = MethodSpec(name="jr", options=SlashConfig, apply=apply, export="fold", small_state=True,
+                  dp=DPSupport("shift"), label=label, attach=attach_slash,
+                  summary="SLaSh: one z, fixed random projections to a shift per layer")

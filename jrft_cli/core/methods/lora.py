@@ -1,29 +1,64 @@
 """LoRA through peft: rank-r adapters on the chosen backbone projections, plus the head.
 
 peft injects LoRA layers into the backbone in place (`inject_adapter_in_model`), so the module
-paths and our head stay as they were; each injected layer's `merge()` folds it back for export.
+paths and our head stay as they were; `merge` folds them back into the base weights for export.
 """
 from __future__ import annotations
 
+from dataclasses import field
+
 from torch import nn
 
-from jrft_cli.core.errors import JrftError
+from jrft_cli.core.options import method_options
+from jrft_cli.core.registry import DPSupport, MethodSpec
 
 
-def apply(model: nn.Module, *, r: int = 1, alpha: float = 2, lora_dropout: float = 0.0,
-          target_modules: list[str] | tuple[str, ...] = ("query", "value"), **_: object) -> None:
+@method_options
+class LoraOptions:
+    """LoRA: rank `r`, scaling numerator `alpha` (scale alpha / r), dropout, and the target module names."""
+    r: int = field(default=1, metadata={"min": 1})
+    alpha: float = field(default=2.0, metadata={"min": 0, "min_exclusive": True})
+    lora_dropout: float = field(default=0.0, metadata={"min": 0})
+    target_modules: tuple[str, ...] = ("query", "value")
+
+
+def apply(model: nn.Module, options: LoraOptions) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
-    if not isinstance(r, int) or r <= 0:
-        raise JrftError(f"method.r={r!r} is not valid; the LoRA rank must be a positive integer")
     names = {n.split(".")[-1] for n, _ in model.backbone.named_modules()}
-    missing = [t for t in target_modules if t not in names]
+    missing = [t for t in options.target_modules if t not in names]
     if missing:
-        raise JrftError(f"method.target_modules: {missing} not found in {type(model.backbone).__name__}; "
-                        f"module names include e.g. query, key, value, dense")
+        raise ValueError(f"LoraOptions: target_modules {missing} not found in {type(model.backbone).__name__}; "
+                         f"module names include e.g. query, key, value, dense")
     model.requires_grad_(False)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=lora_dropout, target_modules=list(target_modules))
+    config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.lora_dropout,
+                        target_modules=list(options.target_modules))
     # Injection freezes all but the LoRA weights of the backbone; the head is unfrozen below.
     inject_adapter_in_model(config, model.backbone)
     for p in model.head_parameters():
         p.requires_grad_(True)
+
+
+def merge(model: nn.Module) -> None:
+    """Merge every peft tuner layer into its base layer and put the base layer back (in place)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    tuners = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in tuners:
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.get_base_layer())
+    for m in model.modules():
+        if hasattr(m, "peft_config"):
+            del m.peft_config
+
+
+def label(options: LoraOptions) -> str:
+    return f"lora r={options.r}"
+
+
+# Under DP: opacus per-sample hooks (measured faster than ghost clipping for LoRA: 1029 vs 1517 ms per
+# step, MiniLM, SST-2, logical batch 256); its per-example gradients are small.
+SPEC = MethodSpec(name="lora", options=LoraOptions, apply=apply, export="merge", small_state=False,
+                  dp=DPSupport("opacus", "hooks"), label=label, merge=merge,
+                  summary="LoRA (peft): rank-r updates on attention projections, plus the head")
