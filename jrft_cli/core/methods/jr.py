@@ -111,7 +111,7 @@ class SLaSh(JointShift):
         self.position = position
         self._targets = targets
         self._backbone_ref = [backbone]     # a list: not registered as a submodule
-        self._folded: torch.Tensor | None = None
+        self._folded: list[torch.Tensor] | None = None
         self._hook_targets()
 
     def _hook_targets(self) -> None:
@@ -129,7 +129,7 @@ class SLaSh(JointShift):
 
     def fold(self) -> None:
         """Add the current shifts to the target modules' biases and remove the hooks: the backbone is a
-        plain model of its family again (same outputs, no extra cost). `unfold()` undoes it."""
+        plain model of its family again (same outputs, no extra cost). `unfold()` undoes it exactly."""
         if self.folded:
             raise RuntimeError("the adapter is already folded")
         for l, target in enumerate(self._targets):
@@ -137,19 +137,20 @@ class SLaSh(JointShift):
                 raise ValueError(f"cannot fold the {self.position!r} shift: {type(target).__name__} in layer {l} "
                                  "has no bias")
         with torch.no_grad():
-            shifts = self.shifts().detach().clone()
+            shifts = self.shifts().detach()
+            # the original biases (L small vectors), so unfold restores them bit for bit
+            self._folded = [target.bias.detach().clone() for target in self._targets]
             for l, target in enumerate(self._targets):
                 target.bias.add_(shifts[l].to(target.bias.dtype))
         self.remove()
-        self._folded = shifts
 
     def unfold(self) -> None:
-        """Subtract the folded shifts from the biases and hook the adapter back in (z trains again)."""
+        """Put the original biases back and hook the adapter in again (z trains again)."""
         if not self.folded:
             raise RuntimeError("the adapter is not folded")
         with torch.no_grad():
-            for l, target in enumerate(self._targets):
-                target.bias.sub_(self._folded[l].to(target.bias.device, target.bias.dtype))
+            for target, bias in zip(self._targets, self._folded):
+                target.bias.copy_(bias)
         self._folded = None
         self._handles.append(self._backbone_ref[0].register_forward_pre_hook(self._begin, with_kwargs=True))
         self._hook_targets()
