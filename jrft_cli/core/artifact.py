@@ -23,6 +23,7 @@ from torch import nn
 from jrft_cli import __version__
 from jrft_cli.core.backbone import SequenceClassifier, count_parameters, load_tokenizer, model_id
 from jrft_cli.core.errors import JrftError
+from jrft_cli.core.heads import MASK_FORMAT_HEADS
 from jrft_cli.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, write_json_atomic
 from jrft_cli.core.options import option_names
 from jrft_cli.core.registry import method_spec, spec_for_options
@@ -66,7 +67,7 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
         "z_init": opts.get("z_init"),
         "prompt_token_id": getattr(adapter, "prompt_token_id", None),
         "head": head,
-        "mask_format": head == "mask",
+        "mask_format": head in MASK_FORMAT_HEADS,
         "mask_token": tokenizer.mask_token,
         "mask_token_id": tokenizer.mask_token_id,
         "method_config": method_config,

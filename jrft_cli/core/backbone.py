@@ -1,8 +1,8 @@
-"""Backbone + classification head, and architecture-agnostic lookups into the encoder.
+"""Backbone + classification head; loading models and tokenizers by name.
 
-Two heads:
-- `mask` (the paper's): one linear layer on the final hidden state at the mask-token position;
-  the backbone is a plain `AutoModel` without pooler.
+Heads:
+- a linear layer on a readout of the final hidden states (core.heads): `mask` (the paper's) reads the
+  mask-token position; the backbone is a plain `AutoModel` without pooler.
 - `cls`: the model family's standard `AutoModelForSequenceClassification` head, so BitFit/LoRA/full
   runs with it export as ordinary checkpoints.
 """
@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from jrft_cli.core.errors import JrftError
+from jrft_cli.core.heads import MASK_FORMAT_HEADS, READOUTS
 
-HEADS = ("mask", "cls")
+HEADS = (*READOUTS, "cls")
 
 
 def resolve_model_name(name: str) -> str:
@@ -84,8 +85,8 @@ class SequenceClassifier(nn.Module):
         self.num_labels = num_labels
         self.mask_token_id = mask_token_id
         kwargs = {"revision": revision} if revision else {}
-        if head == "mask" and mask_token_id is None:
-            raise JrftError("the mask head needs the tokenizer's mask token id")
+        if head in MASK_FORMAT_HEADS and mask_token_id is None:
+            raise JrftError(f"the {head} head needs the tokenizer's mask token id")
         try:
             if head == "cls":
                 self.hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
@@ -126,11 +127,7 @@ class SequenceClassifier(nn.Module):
         hidden = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state
         # A method may prepend tokens (jr_warp): the input's own positions are the last T.
         hidden = hidden[:, hidden.size(1) - input_ids.size(1):]
-        is_mask = input_ids == self.mask_token_id
-        if not bool(is_mask.any(dim=1).all()):
-            raise JrftError("an input has no mask token: the mask head needs inputs formatted with one")
-        pos = is_mask.int().argmax(dim=1)           # first mask position per row
-        return self.head(hidden[torch.arange(hidden.size(0), device=hidden.device), pos])
+        return self.head(READOUTS[self.head_kind](hidden, input_ids, attention_mask, self.mask_token_id))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

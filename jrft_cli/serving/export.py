@@ -125,7 +125,7 @@ def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify:
         prompt, prompt_token_id = take_prompt(model)
     elif spec.export == "merge":
         spec.merge(model.backbone)
-    remote = model.head_kind == "mask" or prompt is not None
+    remote = model.head_kind != "cls" or prompt is not None   # our own heads need modeling_jrft.py
     if remote:
         exported = _build_remote(model, info, prompt, prompt_token_id)
     else:

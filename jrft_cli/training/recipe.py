@@ -20,6 +20,7 @@ from jrft_cli.core.artifact import run_artifact_info, save_artifact
 from jrft_cli.core.backbone import SequenceClassifier, count_parameters, load_tokenizer, model_id
 from jrft_cli.core.build import build_classifier
 from jrft_cli.core.errors import JrftError
+from jrft_cli.core.heads import MASK_FORMAT_HEADS
 from jrft_cli.core.files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, MetricsWriter, read_results, write_json_atomic
 from jrft_cli.core.registry import MethodSpec, method_names, method_spec
 from jrft_cli.dp.accounting import PrivacyError
@@ -258,7 +259,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
     seed_everything(cfg["seed"])
 
     tokenizer = load_tokenizer(cfg["model"]["name"], cfg["model"].get("revision"))
-    mask_format = m.get("head", "mask") == "mask"
+    mask_format = m.get("head", "mask") in MASK_FORMAT_HEADS
     data_cfg = cfg["data"]
     train_ex = load_split(task, "train", data_cfg["dir"], data_cfg.get("limit_train"))
     eval_ex = {s["name"]: load_split(task, s["name"], data_cfg["dir"], data_cfg.get("limit_eval"))
