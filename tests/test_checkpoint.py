@@ -135,6 +135,27 @@ def test_interrupted_trainer_resumes_to_the_uninterrupted_result(tmp_path, stop_
     assert torch.equal(resumed.model.head.weight, full.model.head.weight)
 
 
+def test_a_periodic_checkpoint_at_an_epoch_end_holds_that_epochs_evaluation(tmp_path):
+    """Evaluation per epoch (3 steps) and a checkpoint every 3 steps: the checkpoint at an epoch's end is
+    written after that epoch's evaluation, so a run resumed from it logs the same evaluations."""
+    def trainer(**hooks) -> Trainer:
+        torch.manual_seed(0)
+        cfg = LoopConfig(epochs=3, batch_size=8, lr=1e-2, grad_accum=2, log_every=1, seed=0, checkpoint_every=3)
+        return Trainer(TinyClassifier(), _tiny_data(40, 1), {"dev": _tiny_data(16, 2)}, _collate,
+                       TaskInfo(False, ["accuracy"], "accuracy"), cfg, torch.device("cpu"), **hooks)
+
+    full = trainer(on_checkpoint=lambda state: save_checkpoint(tmp_path / f"ck{state['step']}.pt", {"trainer": state}))
+    expected = full.run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck3.pt", "ck6.pt"]
+    assert [h["step"] for h in full.history if "dev/accuracy" in h] == [3, 6, 9]
+    resumed = trainer()
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ck3.pt")["trainer"])
+    assert [h["step"] for h in resumed.history if "dev/accuracy" in h] == [3]
+    got = resumed.run()
+    assert _losses(resumed.history) == _losses(full.history)
+    assert got["best_dev"] == expected["best_dev"] and got["dev"] == expected["dev"]
+
+
 def test_load_state_dict_refuses_a_changed_budget():
     state = _trainer().state_dict()
     state["total_steps"] += 1

@@ -1,4 +1,5 @@
-"""End to end: `jrft train ... privacy=dp` learns SST-2 privately and records what it spent.
+"""End to end: `jrft train ... privacy=dp` refuses bad privacy settings in one line, and learns SST-2
+privately and records what it spent.
 
 Budget: MiniLM, DP-jr (d=1024, output position, mask head) at its default DP learning rate
 (method.dp_lr = 3e-2, constant), SST-2's first N_TRAIN training rows, the full dev set (872 rows),
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import find_glue_dir, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = Path(os.environ.get("JRFT_GLUE_DIR", "/work/shared/glue"))
@@ -54,3 +57,29 @@ def test_dp_jr_on_sst2_learns_above_chance_within_epsilon(tmp_path):
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     eps_log = [r["privacy/epsilon"] for r in evals if "dev/accuracy" in r]
     assert len(eps_log) == max(1, EPOCHS) and eps_log == sorted(eps_log) and eps_log[-1] == privacy["epsilon"]
+
+
+# ---------------------------------------------------------------- bad settings: one line, no results
+
+def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jrft_cli", "train", "logger=none", "privacy=dp",
+                           "data.limit_train=200", "data.limit_eval=16", f"hydra.run.dir={tmp_path / 'run'}",
+                           *overrides], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("privacy.epsilon=0", "privacy.epsilon=0 is invalid; it must be > 0"),                     # before the data loads
+    ("privacy.delta=1.0", "privacy.delta=1.0 is invalid"),
+    ("train.grad_accum=2", "train.grad_accum=2 is not valid with privacy=dp"),
+    ("privacy.noise_multiplier=0.05", "noise multiplier 0.05 is too small for epsilon=8.0"),   # needs N
+    ("privacy.batch_size=500", "privacy.batch_size=500 is invalid; it must be <= the training set size N=200"),
+])
+def test_cli_refuses_bad_privacy_settings_in_one_line(tmp_path, override, message):
+    glue = find_glue_dir()
+    if glue is None or not (glue / "SST-2" / "train.tsv").is_file():
+        pytest.skip("GLUE SST-2 TSVs not found (JRFT_GLUE_DIR or ../shared/glue)")
+    proc = run_train(tmp_path, "privacy.batch_size=50", override)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [line for line in proc.stderr.splitlines() if line.startswith("jrft: error:")]
+    assert len(err) == 1 and message in err[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()                     # nothing left that looks like a run

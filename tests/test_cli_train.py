@@ -204,3 +204,14 @@ def test_killed_run_leaves_no_results(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert metrics.exists() and not (run_dir / RESULTS_FILE).exists()
     assert not (run_dir / ADAPTER_WEIGHTS).exists()
+
+
+def test_a_non_private_run_never_loads_opacus(tmp_path):
+    """`jrft train` without privacy=dp runs to completion without importing opacus (dp loads lazily)."""
+    probe = ("import sys\nfrom jrft_cli.__main__ import main\nrc = main(sys.argv[1:])\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'opacus'))\nsys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", probe, "train", *TINY, "d=16", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    ok(proc)
+    assert (tmp_path / "run" / RESULTS_FILE).exists()
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from jrft_cli.cli import dp_noise
-from jrft_cli.dp.accounting import default_delta, epsilon_for, noise_multiplier_for
+from jrft_cli.dp.accounting import epsilon_for, noise_multiplier_for
+from jrft_cli.dp.plan import resolve_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def test_cli_end_to_end_last_line_is_the_noise_multiplier():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     sigma = float(lines[-1])
-    assert sigma == noise_multiplier_for(3.0, default_delta(1000), 0.05, 40, "prv")
+    assert sigma == noise_multiplier_for(3.0, 1 / 2000, 0.05, 40, "prv")
     assert "steps=40" in proc.stdout and "delta=0.0005" in proc.stdout and "accountant=prv" in proc.stdout
     assert epsilon_for(sigma, 0.05, 40, 5e-4) <= 3.0
 
@@ -49,15 +50,26 @@ def test_main_with_delta_and_rdp(capsys):
     assert "accountant=rdp" in out[1] and "steps=30" in out[0]
 
 
+
+def test_numbers_are_the_plan_jrft_train_resolves(capsys):
+    """dp-noise and `jrft train privacy=dp` share dp.plan.resolve_plan: same q, steps, delta, noise."""
+    assert dp_noise.main(["--epsilon", "8", "--n", "8000", "--batch-size", "256", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    plan = resolve_plan({"epsilon": 8.0, "delta": None, "noise_multiplier": None, "max_grad_norm": 5.0,
+                         "accountant": "prv", "batch_size": 256, "micro_batch_size": 64, "epochs": 2}, 8000)
+    assert float(out[-1]) == plan.noise_multiplier
+    assert out[0] == f"N=8000 batch_size=256 q={plan.sample_rate:.6g} epochs=2 steps={plan.steps}"
+    assert out[1] == f"target epsilon=8 delta={plan.delta:.6g} accountant=prv"
+
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--epsilon", "1", "--n", "100", "--batch-size", "200", "--epochs", "1"], "batch size 200 is invalid"),
+        (["--epsilon", "1", "--n", "100", "--batch-size", "200", "--epochs", "1"], "--batch-size=200 is invalid; it must be <= --n=100"),
         (["--epsilon", "1", "--n", "100", "--batch-size", "10", "--epochs", "1", "--accountant", "gdp"],
-         "unknown accountant 'gdp'; choose one of: prv, rdp"),
-        (["--epsilon", "1", "--delta", "1", "--n", "100", "--batch-size", "10", "--epochs", "1"], "delta=1.0 is invalid"),
-        (["--epsilon", "1", "--n", "100", "--batch-size", "10", "--epochs", "0"], "epochs=0.0 is invalid"),
-        (["--epsilon", "1", "--n", "0", "--batch-size", "10", "--epochs", "1"], "n=0 is invalid"),
+         "--accountant='gdp' is invalid; choose one of: prv, rdp"),
+        (["--epsilon", "1", "--delta", "1", "--n", "100", "--batch-size", "10", "--epochs", "1"], "--delta=1.0 is invalid; it must be in (0, 1) (omitted = 1/(2N))"),
+        (["--epsilon", "1", "--n", "100", "--batch-size", "10", "--epochs", "0"], "--epochs=0.0 is invalid"),
+        (["--epsilon", "1", "--n", "0", "--batch-size", "10", "--epochs", "1"], "--n=0 is invalid"),
     ],
 )
 def test_main_rejects_bad_settings(capsys, args, message):

@@ -110,3 +110,34 @@ def test_learning_rate_prefers_train_lr_then_dp_lr_under_privacy_then_the_method
     assert train.learning_rate(private) == 3e-3                     # no dp_lr: the method's lr
     assert train.learning_rate(plain("method=lora", "privacy=dp")) == 1e-2       # conf/method/lora.yaml's dp_lr
     assert train.learning_rate(plain("method=jr_warp", "privacy=dp")) == plain("method=jr_warp")["method"]["lr"]  # none
+
+
+def _opacus_after(code: str) -> list[str]:
+    """The opacus modules loaded by a fresh interpreter after `code` (this checkout first on the path)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'opacus'))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return eval(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_recipe_and_the_loop_import_no_opacus():
+    # the non-private path; dp's package, mechanism and samplers (opacus only when a sampler is built) too
+    assert _opacus_after("import jrft_cli.training.recipe, jrft_cli.training.loop, jrft_cli.cli.train") == []
+    assert _opacus_after("import jrft_cli.dp, jrft_cli.dp.mechanism, jrft_cli.dp.samplers") == []
+    assert "opacus" in _opacus_after("import jrft_cli.dp.plan")      # the probe sees opacus when it is there
+
+
+def test_privacy_checks_run_only_under_privacy_dp():
+    cfg = plain("privacy=dp", "privacy.epsilon=0")
+    with pytest.raises(JrftError, match=r"^privacy.epsilon=0 is invalid; it must be > 0$"):
+        train.validate(cfg)
+    cfg["privacy"]["enabled"] = False
+    train.validate(cfg)                                               # not private: privacy.* is not read
+    plan = train.privacy_plan(plain("privacy=dp", "privacy.batch_size=100", "train.epochs=2"), 1000)
+    assert (plan.sample_rate, plan.steps, plan.delta) == (0.1, 20, 1 / 2000)

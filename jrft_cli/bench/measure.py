@@ -95,8 +95,8 @@ def private_step_times(model_name: str, examples: Sequence[dict], collate: Any, 
     from jrft_cli.tasks.evaluation import TaskInfo
     from jrft_cli.core.registry import apply_method
     from jrft_cli.core.backbone import SequenceClassifier
-    from jrft_cli.dp.accounting import poisson_sample
-    from jrft_cli.dp.private import PrivacyPlan
+    from jrft_cli.dp.mechanism import poisson_sample
+    from jrft_cli.dp.plan import PrivacyPlan
     from jrft_cli.training.private_loop import PrivateTrainer
 
     n = len(examples)

@@ -11,7 +11,7 @@ it instead of asserting one:
   example, per layer) and computes per-example gradients of EVERY parameter of the layer, the frozen
   W_l included (B x d x H per layer), before keeping z's.
 
-jrft's own jr (methods/jr.py + private.py) gets the same per-example gradients of z from one
+jrft's own jr (methods/jr.py + dp/samplers.py) gets the same per-example gradients of z from one
 ordinary backward pass through a per-example shift tensor.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from jrft_cli.tasks.evaluation import loss_fn
 from jrft_cli.core.methods.jr import init_z, locate
 from jrft_cli.core.families import find_layers as find_encoder_layers
-from jrft_cli.dp.accounting import add_noise, clip_and_sum
+from jrft_cli.dp.mechanism import add_noise, clip_and_sum
 from jrft_cli.core.projection import make_projection
 
 

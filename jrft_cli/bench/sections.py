@@ -37,7 +37,7 @@ from jrft_cli.core.backbone import count_parameters
 SCHEMA = "jrft-bench/1"
 METHOD_CHOICES = ("full", "bitfit", "lora", "linear", "jr", "jr_warp", "naive_jr")
 SECTIONS = ("train", "private", "inference", "projection")
-# Methods with a private step (private.py) besides the naive reference.
+# Methods with a private step (dp/samplers.py) besides the naive reference.
 PRIVATE_METHODS = ("full", "bitfit", "lora", "linear", "jr", "jr_warp")
 _TASK = TaskInfo(is_regression=False, metrics=("accuracy",), main_metric="accuracy")
 
@@ -184,7 +184,8 @@ def prepare_private(row: Row, items: list[dict], collate: Callable, device: torc
                                   noise_multiplier=noise_multiplier)
         step, path = (lambda: runner.step(items)), "opacus GradSampleModule (functorch)"
     else:
-        from jrft_cli.dp.private import PrivacyPlan, sampler_label
+        from jrft_cli.dp.plan import PrivacyPlan
+        from jrft_cli.dp.samplers import sampler_label
         from jrft_cli.training.private_loop import PrivateTrainer
 
         plan = PrivacyPlan(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=total_steps, delta=1e-5,

@@ -193,10 +193,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 lambda row=row: bench.prepare_train(row, items, collate, device, total))
     if "private" in args.only and args.private:
         rows = _rows(args, cfgs, tokenizer, private=True)
-        if importlib.util.find_spec("jrft_cli.dp.private") is None:
+        if importlib.util.find_spec("jrft_cli.dp.samplers") is None:
             pending = [r.label for r in rows if r.method != "naive_jr"]
             rows = [r for r in rows if r.method == "naive_jr"]
-            report["notes"].append(f"private rows {', '.join(pending)} pending: jrft_cli.dp.private is not in this build")
+            report["notes"].append(f"private rows {', '.join(pending)} pending: jrft_cli.dp.samplers is not in this build")
         for row in rows:
             prepare.setdefault(row.label, []).append(
                 lambda row=row: bench.prepare_private(row, items, collate, device, total))

@@ -27,23 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     # torch/opacus load here, not at import, so `jrft --help` stays fast
-    from jrft_cli.dp import accounting as privacy
+    from jrft_cli.dp import PrivacyError
+    from jrft_cli.dp.accounting import epsilon_for
+    from jrft_cli.dp.plan import Naming, resolve_plan
 
-    try:
-        delta = privacy.default_delta(args.n) if args.delta is None else args.delta
-        q = privacy.sample_rate(args.batch_size, args.n)
-        steps = privacy.steps_for(args.epochs, q)
-        privacy.validate(
-            epsilon=args.epsilon, delta=delta, noise_multiplier=None, q=q, steps=steps,
-            accountant=args.accountant, n=args.n,
-        )
-        sigma = privacy.noise_multiplier_for(args.epsilon, delta, q, steps, args.accountant)
-        spent = privacy.epsilon_for(sigma, q, steps, delta, args.accountant)
-    except privacy.PrivacyError as e:
+    settings = {"epsilon": args.epsilon, "delta": args.delta, "noise_multiplier": None,
+                "accountant": args.accountant, "batch_size": args.batch_size, "epochs": args.epochs}
+    try:  # the plan `jrft train` would resolve for these settings; errors name this command's options
+        plan = resolve_plan(settings, args.n, names=Naming(prefix="--", dashes=True, unset="omitted", n="--n"))
+        spent = epsilon_for(plan.noise_multiplier, plan.sample_rate, plan.steps, plan.delta, plan.accountant)
+    except PrivacyError as e:
         print(f"jrft dp-noise: error: {e}", file=sys.stderr)
         return 2
-    print(f"N={args.n} batch_size={args.batch_size} q={q:.6g} epochs={args.epochs:g} steps={steps}")
-    print(f"target epsilon={args.epsilon:g} delta={delta:.6g} accountant={args.accountant}")
+    print(f"N={args.n} batch_size={args.batch_size} q={plan.sample_rate:.6g} epochs={args.epochs:g} steps={plan.steps}")
+    print(f"target epsilon={args.epsilon:g} delta={plan.delta:.6g} accountant={plan.accountant}")
     print(f"achieved epsilon={spent:.4f}")
-    print(repr(sigma))  # full precision: the last line is the number alone
+    print(repr(plan.noise_multiplier))  # full precision: the last line is the number alone
     return 0

@@ -9,7 +9,7 @@ import math
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
@@ -101,12 +101,9 @@ class Trainer:
         self.amp = autocast_dtype(precision, device)
         self.logger, self.on_metrics = logger, on_metrics
         self.params = [p for p in model.parameters() if p.requires_grad]
-        micro_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-        self.steps_per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, round(cfg.epochs * self.steps_per_epoch))
+        self.steps_per_epoch, self.total_steps = self.plan_steps()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup = round(cfg.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor(warmup))
+        self.scheduler = self.make_scheduler()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.should_stop, self.on_checkpoint = should_stop, on_checkpoint
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -125,7 +122,40 @@ class Trainer:
         self.final: dict[str, float] | None = None
         # progress between log lines and for throughput (restored on resume)
         self.seen, self.window_loss, self.window_n, self.elapsed_s = 0, 0.0, 0, 0.0
-        self.resumed_from: int | None = None
+        self._epoch_batches: tuple[int, list[list[dict]]] | None = None   # (epoch, its micro-batches)
+
+    # -- what a subclass may change: the step count, the schedule, when an epoch ends, one step ------
+    def plan_steps(self) -> tuple[float, int]:
+        """(steps per epoch, total optimizer steps): one step per window of grad_accum micro-batches."""
+        cfg = self.cfg
+        micro_per_epoch = math.ceil(len(self.train_data) / cfg.batch_size)
+        per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
+        return per_epoch, cfg.max_steps if cfg.max_steps > 0 else max(1, round(cfg.epochs * per_epoch))
+
+    def make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """Linear warm-up over warmup_ratio of the steps, then linear decay to 0."""
+        warmup = round(self.cfg.warmup_ratio * self.total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor(warmup))
+
+    def epoch_ends(self, step: int) -> bool:
+        """True when step `step` (1-based) completes a pass over the training data."""
+        return step % self.steps_per_epoch == 0
+
+    def take_step(self) -> tuple[float, int, int]:
+        """Take the next optimizer step. Returns (loss, how many losses it sums, examples seen):
+        here the step's mean loss, 1, and the window's example count."""
+        window = self._next_window()
+        return self.train_step(window), 1, sum(len(m) for m in window)
+
+    def _next_window(self) -> list[list[dict]]:
+        """The micro-batches of the next step: the epoch's shuffled order, cut into batches, grad_accum
+        per step (an epoch's last window may be shorter); recomputed from `step` alone, so resumable."""
+        cfg = self.cfg
+        epoch, window = divmod(self.step, self.steps_per_epoch)
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            order = epoch_order(len(self.train_data), cfg.seed, epoch)
+            self._epoch_batches = epoch, list(batches(self.train_data, order, cfg.batch_size))
+        return self._epoch_batches[1][window * cfg.grad_accum:(window + 1) * cfg.grad_accum]
 
     # -- resume ----------------------------------------------------------------------------------
     @property
@@ -145,8 +175,6 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": rng_state(),
             "step": self.step,
-            "epoch": self.step // self.steps_per_epoch,
-            "window_in_epoch": self.step % self.steps_per_epoch,
             "total_steps": self.total_steps,
             "best": self.best,
             "final": self.final,
@@ -175,7 +203,6 @@ class Trainer:
         self.history = list(state["history"])
         self.seen, self.window_loss, self.window_n = state["seen"], state["window_loss"], state["window_n"]
         self.elapsed_s = state["elapsed_s"]
-        self.resumed_from = self.step
 
     def _stop_requested(self) -> int | None:
         """The stop signal, agreed across ranks (a rank that got none joins the one that did)."""
@@ -280,40 +307,37 @@ class Trainer:
         return loss.item() / self.world_size
 
     def run(self) -> dict[str, Any]:
+        """Train to `total_steps`, then evaluate; returns the summary (on rank 0; other ranks: the steps).
+
+        The schedule, for every trainer: poll for a stop signal before each step (checkpoint, then
+        raise TrainingInterrupted); log every log_every steps and at the last; evaluate every eval_every
+        steps, or at each epoch's end without it; checkpoint every checkpoint_every steps; a final
+        evaluation after the last step. Subclasses change `take_step`, `epoch_ends`, `plan_steps`."""
         cfg = self.cfg
         start = time.perf_counter() - self.elapsed_s   # a resumed run counts its earlier time
         while self.step < self.total_steps:
-            epoch, first_window = divmod(self.step, self.steps_per_epoch)
-            order = epoch_order(len(self.train_data), cfg.seed, epoch)
-            micro = list(batches(self.train_data, order, cfg.batch_size))
-            # One optimizer step per window of grad_accum micro-batches; the last window may be shorter.
-            for w in range(first_window * cfg.grad_accum, len(micro), cfg.grad_accum):
-                self.elapsed_s = time.perf_counter() - start
-                signum = self._stop_requested()
-                if signum:
-                    saved = self._checkpoint()
-                    raise TrainingInterrupted(signum, self.step, saved)
-                window = micro[w:w + cfg.grad_accum]
-                self.window_loss += self.train_step(window)
-                self.seen += sum(len(m) for m in window)
-                self.window_n += 1
-                self.step += 1
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    now = time.perf_counter()
-                    self._emit({"train/loss": self.window_loss / self.window_n,
-                                "train/lr": self.scheduler.get_last_lr()[0],
-                                "train/examples_per_s": self.seen / (now - start),
-                                "epoch": self.step / self.steps_per_epoch})
-                    self.window_loss, self.window_n = 0.0, 0
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+            self.elapsed_s = time.perf_counter() - start
+            signum = self._stop_requested()
+            if signum:
+                raise TrainingInterrupted(signum, self.step, self._checkpoint())
+            loss, count, examples = self.take_step()
+            self.step += 1
+            self.seen += examples
+            self.window_loss += loss
+            self.window_n += count
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                now = time.perf_counter()
+                self._emit({"train/loss": self.window_loss / max(1, self.window_n),
+                            "train/lr": self.scheduler.get_last_lr()[0],
+                            "train/examples_per_s": self.seen / (now - start),
+                            "epoch": self.step / self.steps_per_epoch})
+                self.window_loss, self.window_n = 0.0, 0
+            if self.step < self.total_steps:
+                if (self.step % cfg.eval_every == 0) if cfg.eval_every else self.epoch_ends(self.step):
                     self._eval_and_track()
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.elapsed_s = time.perf_counter() - start
                     self._checkpoint()
-                if self.step >= self.total_steps:
-                    break
-            if not cfg.eval_every and self.step < self.total_steps:
-                self._eval_and_track()
         self._eval_and_track()
         if not self.is_main:
             return {"steps": self.step}

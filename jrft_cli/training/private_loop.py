@@ -1,8 +1,15 @@
-"""The private trainer: DP-SGD steps (jrft_cli.dp) inside the ordinary loop's schedule."""
+"""The private trainer: DP-SGD steps (jrft_cli.dp) inside the ordinary loop's schedule.
+
+Each step draws a Poisson logical batch (every example joins with probability q = B/N), splits it
+into physical micro-batches (memory stays bounded whatever the batch), clips each example's
+gradient jointly over all trainable tensors, sums, adds N(0, (sigma C)^2) noise, divides by the
+EXPECTED batch size q*N, and takes an optimizer step; the accountant records (sigma, q) for every
+step actually run, empty batches (a noise-only step) included. Stopping, logging, evaluation and
+checkpoints are the ordinary Trainer's; an epoch is a pass in expectation (1/q steps).
+"""
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, replace
 from typing import Any, Callable, Sequence
 
@@ -11,48 +18,67 @@ from torch import nn
 
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.registry import method_spec
-from jrft_cli.dp.accounting import Accountant, add_noise, micro_batches, poisson_sample
-from jrft_cli.dp.private import PrivacyPlan, ShiftGradSampler, freeze_shared_embeddings, make_sampler
+from jrft_cli.dp.accounting import Accountant
+from jrft_cli.dp.mechanism import add_noise, micro_batches, poisson_sample
+from jrft_cli.dp.plan import PrivacyPlan, resolve_plan
+from jrft_cli.dp.samplers import ShiftGradSampler, freeze_shared_embeddings, make_sampler
 from jrft_cli.tasks.evaluation import TaskInfo, loss_fn
-from jrft_cli.training.checkpoint import TrainingInterrupted
 from jrft_cli.training.loop import Logger, LoopConfig, Trainer
+
+
 class PrivateTrainer(Trainer):
     """DP-SGD over Poisson logical batches built from micro-batches; see the module docstring.
 
-    `run()` returns the loop's summary; `privacy_record()` is results.json's `privacy` entry; dev
-    evaluations log `privacy/epsilon` (spent so far) and `privacy/steps`.
+    Overrides the ordinary Trainer's step (`take_step`), step count and epoch length (the plan's),
+    epoch ends (expected passes) and scheduler (constant unless the plan says otherwise); adds the
+    accountant and both generators to its state. `run()` returns the loop's summary;
+    `privacy_record()` is results.json's `privacy` entry; dev evaluations log `privacy/epsilon`
+    (spent so far) and `privacy/steps`.
     """
 
     def __init__(self, model: nn.Module, train_data: Sequence[dict], eval_sets: dict[str, Sequence[dict]],
                  collate: Callable, task: TaskInfo, cfg: LoopConfig, device: torch.device, privacy: PrivacyPlan,
                  method: str, precision: str = "fp32", logger: Logger | None = None,
                  on_metrics: Callable[[dict[str, Any]], None] | None = None, **hooks: Any) -> None:
-        if cfg.grad_accum != 1:
-            raise JrftError(f"train.grad_accum={cfg.grad_accum} is not valid with privacy=dp: it would change the "
-                            "sampled batch; set privacy.batch_size (logical) and privacy.micro_batch_size (memory)")
+        # the plan's settings and the loop's, checked as `jrft train` checks them (no accounting: resolved)
+        resolve_plan(privacy.settings(), grad_accum=cfg.grad_accum, loop_max_grad_norm=cfg.max_grad_norm)
         self.plan, self.method = privacy, method
         dp_support = method_spec(method).dp
         self.frozen_for_privacy = freeze_shared_embeddings(model) if dp_support.freeze_shared_embeddings else []
         super().__init__(model, train_data, eval_sets, collate, task,
                          # batch_size here only sizes evaluation batches: keep them physical
-                         replace(cfg, batch_size=privacy.micro_batch_size, max_grad_norm=None),
+                         replace(cfg, batch_size=privacy.micro_batch_size),
                          device, precision, logger, on_metrics, **hooks)
         if self.amp == torch.float16:
             raise JrftError("hardware.precision=fp16 is not supported with privacy=dp (its loss scaling would scale "
                             "the per-example norms); use bf16 or fp32")
-        self.total_steps = privacy.steps
-        self.steps_per_epoch = 1 / privacy.sample_rate          # expected steps per pass over the data
-        if privacy.constant_lr:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
-        else:
-            warmup = round(cfg.warmup_ratio * self.total_steps)
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor(warmup))
         self.accountant = Accountant(privacy.accountant)
         self.sampler_generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17)
         self.noise_generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + 29)
         self.sampler = make_sampler(model, self.params, method, privacy.grad_sample_mode, privacy.max_grad_norm)
         self.last_batch: torch.Tensor | None = None          # indices of the last logical batch
         self.lengths = torch.tensor([len(ex["input_ids"]) for ex in train_data], dtype=torch.long)
+
+    # -- what differs from the ordinary loop
+    def plan_steps(self) -> tuple[float, int]:
+        """The plan's steps; an epoch is 1/q steps (one pass over the data in expectation)."""
+        return 1 / self.plan.sample_rate, self.plan.steps
+
+    def make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """A constant learning rate unless the plan asks for the ordinary warm-up and decay."""
+        if self.plan.constant_lr:
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        return super().make_scheduler()
+
+    def epoch_ends(self, step: int) -> bool:
+        """True when step `step` completes another expected pass (floor(step * q) goes up)."""
+        q = self.plan.sample_rate
+        return math.floor(step * q + 1e-9) > math.floor((step - 1) * q + 1e-9)
+
+    def take_step(self) -> tuple[float, int, int]:
+        """One private step; the loss logged is the mean over the examples the steps drew."""
+        loss, size = self.private_step()
+        return loss, size, size
 
     # -- one private step
     def private_step(self, indices: torch.Tensor | None = None) -> tuple[float, int]:
@@ -96,38 +122,6 @@ class PrivateTrainer(Trainer):
         if any(k.startswith("dev/") for k in record):
             record = {**record, "privacy/epsilon": self.epsilon_spent(), "privacy/steps": self.accountant.steps}
         super()._emit(record)
-
-    def _epoch_ends(self, step: int) -> bool:
-        q = self.plan.sample_rate
-        return math.floor(step * q + 1e-9) > math.floor((step - 1) * q + 1e-9)
-
-    def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        start = time.perf_counter() - self.elapsed_s   # a resumed run counts its earlier time
-        while self.step < self.total_steps:
-            self.elapsed_s = time.perf_counter() - start
-            signum = self._stop_requested()
-            if signum:
-                raise TrainingInterrupted(signum, self.step, self._checkpoint())
-            loss, size = self.private_step()
-            self.step += 1
-            self.seen += size
-            self.window_loss += loss
-            self.window_n += size
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                now = time.perf_counter()
-                self._emit({"train/loss": self.window_loss / max(1, self.window_n),
-                            "train/lr": self.scheduler.get_last_lr()[0],
-                            "train/examples_per_s": self.seen / (now - start), "epoch": self.step / self.steps_per_epoch})
-                self.window_loss, self.window_n = 0.0, 0
-            due = self.step % cfg.eval_every == 0 if cfg.eval_every else self._epoch_ends(self.step)
-            if due and self.step < self.total_steps:
-                self._eval_and_track()
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
-                self.elapsed_s = time.perf_counter() - start
-                self._checkpoint()
-        self._eval_and_track()
-        return self.summary(time.perf_counter() - start)
 
     def privacy_record(self) -> dict[str, Any]:
         """results.json's `privacy`: the epsilon SPENT (by the steps actually run) and the settings."""

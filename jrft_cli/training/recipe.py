@@ -9,7 +9,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -23,13 +23,15 @@ from jrft_cli.core.errors import JrftError
 from jrft_cli.core.heads import MASK_FORMAT_HEADS
 from jrft_cli.core.files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, MetricsWriter, read_results, write_json_atomic
 from jrft_cli.core.registry import MethodSpec, method_names, method_spec
-from jrft_cli.dp.accounting import PrivacyError
 from jrft_cli.tasks.evaluation import TaskInfo
 from jrft_cli.tasks.glue import encode, load_split, make_collate
 from jrft_cli.training import distributed
 from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
                                           load_checkpoint, save_checkpoint)
 from jrft_cli.training.loop import LoopConfig, Trainer, resolve_device
+
+if TYPE_CHECKING:
+    from jrft_cli.dp.plan import PrivacyPlan
 
 
 def seed_everything(seed: int) -> None:
@@ -51,7 +53,7 @@ def validate(cfg: dict[str, Any]) -> None:
     if not lr or lr <= 0:
         raise JrftError(f"train.lr={lr!r} is not valid; it must be > 0 (null = the method's default)")
     if is_private(cfg):
-        validate_privacy(cfg)
+        privacy_plan(cfg)
 
 
 def learning_rate(cfg: dict[str, Any]) -> float:
@@ -70,31 +72,15 @@ def is_private(cfg: dict[str, Any]) -> bool:
     return bool((cfg.get("privacy") or {}).get("enabled"))
 
 
-def validate_privacy(cfg: dict[str, Any]) -> None:
-    """Privacy checks that need no data; the rest (they need N) run in `privacy_plan`."""
-    from jrft_cli.dp.private import check_settings
+def privacy_plan(cfg: dict[str, Any], n: int | None = None) -> PrivacyPlan | None:
+    """The privacy settings checked and, for n training examples, resolved into a dp.plan.PrivacyPlan
+    (noise multiplier, q, steps, delta); without n only the checks that need no data (returns None).
+    dp (and with it opacus) is imported here, so a non-private run never loads it."""
+    from jrft_cli.dp.plan import resolve_plan
 
     t = cfg["train"]
-    if t["grad_accum"] != 1:
-        raise JrftError(f"train.grad_accum={t['grad_accum']} is not valid with privacy=dp: accumulation would change "
-                        "the sampled batch; set privacy.batch_size (logical) and privacy.micro_batch_size (memory)")
-    if t.get("max_grad_norm"):
-        raise JrftError(f"train.max_grad_norm={t['max_grad_norm']} is for non-private runs; with privacy=dp set "
-                        "privacy.max_grad_norm (the per-example clipping norm)")
-    try:
-        check_settings(cfg["privacy"])
-    except PrivacyError as e:
-        raise JrftError(str(e)) from None
-
-
-def privacy_plan(cfg: dict[str, Any], n: int):
-    """The resolved privacy plan (noise multiplier, q, steps, delta) for n training examples."""
-    from jrft_cli.dp.private import plan
-
-    try:
-        return plan(cfg["privacy"], n, cfg["train"]["epochs"], cfg["train"]["max_steps"])
-    except PrivacyError as e:
-        raise JrftError(str(e)) from None
+    return resolve_plan(cfg["privacy"], n, epochs=t["epochs"], max_steps=t["max_steps"], grad_accum=t["grad_accum"],
+                        loop_max_grad_norm=t.get("max_grad_norm"))
 
 
 def method_of(cfg: dict[str, Any]) -> MethodSpec:

@@ -1,12 +1,6 @@
-"""Differentially private training (DP-SGD) for every method, on top of the ordinary loop.
+"""Per-example gradients for DP-SGD, clipped and summed; which sampler a method gets is its registry
+entry's (`MethodSpec.dp`).
 
-Each step draws a Poisson logical batch (every example joins with probability q = B/N), splits it
-into physical micro-batches (memory stays bounded whatever the batch), clips each example's
-gradient jointly over all trainable tensors, sums, adds N(0, (sigma C)^2) noise, divides by the
-EXPECTED batch size q*N, and takes an optimizer step; the accountant records (sigma, q) for every
-step actually run, empty batches (a noise-only step) included.
-
-Per-example gradients come from one of two samplers:
 - `ShiftGradSampler` (jr, jr_warp, linear): exact, from ONE ordinary backward pass of the summed
   loss. z's come from the per-example shift tensor S (B, L, H) (see methods/jr.py): row i of
   S.grad is example i's gradient w.r.t. the shifts, mapped to z by the projection's transpose. The
@@ -17,107 +11,24 @@ Per-example gradients come from one of two samplers:
   gradients, then a second, re-weighted backward) for full finetuning, where per-example gradients
   of the word embeddings alone would be B x V x H; plain `hooks` for bitfit and lora, whose
   per-example gradients are small and save the second backward.
-  Under DP, full finetuning freezes the position embeddings: BERT-family models look them up
-  with one (1, T) index tensor shared by the batch, which has no per-example gradient.
+  Under DP, full finetuning freezes the position embeddings (`freeze_shared_embeddings`): BERT-family
+  models look them up with one (1, T) index tensor shared by the batch, which has no per-example gradient.
 
-Nothing here knows Hydra; the plan is built from a plain dict (conf/privacy/dp.yaml).
+opacus is imported when a sampler is built or used, not with this module.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.registry import method_spec
-from jrft_cli.dp.accounting import (
-    ACCOUNTANTS,
-    PrivacyError,
-    clip_and_sum,
-    default_delta,
-    noise_multiplier_for,
-    sample_rate,
-    steps_for,
-    validate,
-)
+from jrft_cli.dp.mechanism import clip_and_sum
 
-GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
+GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")   # auto: the method's own opacus mode
 
-
-@dataclass
-class PrivacyPlan:
-    """Everything a private run needs, resolved and validated (see `plan`)."""
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    max_grad_norm: float
-    batch_size: int                 # expected logical batch, q * N
-    micro_batch_size: int           # physical batch
-    accountant: str = "prv"
-    target_epsilon: float | None = None
-    constant_lr: bool = True
-    grad_sample_mode: str = "auto"
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PrivacyError(f"privacy.{key}={value!r} is invalid; it must be an integer >= 1")
-    return value
-
-
-def check_settings(p: dict[str, Any]) -> None:
-    """Checks that need no data (run before anything loads). Raises PrivacyError (one line)."""
-    if p.get("accountant", "prv") not in ACCOUNTANTS:
-        raise PrivacyError(f"privacy.accountant={p.get('accountant')!r} is invalid; choose one of: {', '.join(ACCOUNTANTS)}")
-    eps, delta, sigma = p.get("epsilon"), p.get("delta"), p.get("noise_multiplier")
-    if eps is not None and not eps > 0:
-        raise PrivacyError(f"privacy.epsilon={eps} is invalid; it must be > 0")
-    if delta is not None and not 0 < delta < 1:
-        raise PrivacyError(f"privacy.delta={delta} is invalid; it must be in (0, 1) (null = 1/(2N))")
-    if sigma is not None and not sigma > 0:
-        raise PrivacyError(f"privacy.noise_multiplier={sigma} is invalid; it must be > 0 (null = derived from epsilon)")
-    if eps is None and sigma is None:
-        raise PrivacyError("privacy.epsilon and privacy.noise_multiplier are both null; give a target epsilon")
-    if not p.get("max_grad_norm", 0) > 0:
-        raise PrivacyError(f"privacy.max_grad_norm={p.get('max_grad_norm')!r} is invalid; it must be > 0")
-    _positive_int(p.get("batch_size"), "batch_size")
-    _positive_int(p.get("micro_batch_size"), "micro_batch_size")
-    mode = p.get("grad_sample_mode", "auto")
-    if mode not in GRAD_SAMPLE_MODES:
-        raise PrivacyError(f"privacy.grad_sample_mode={mode!r} is invalid; choose one of: {', '.join(GRAD_SAMPLE_MODES)}")
-    epochs = p.get("epochs")
-    if epochs is not None and not epochs > 0:
-        raise PrivacyError(f"privacy.epochs={epochs} is invalid; it must be > 0")
-
-
-def plan(p: dict[str, Any], n: int, epochs: float, max_steps: int = 0) -> PrivacyPlan:
-    """Resolve a privacy config (conf/privacy/dp.yaml as a dict) for a training set of n examples.
-
-    q = batch_size / n; steps = max_steps if > 0 else round(epochs / q) (`p['epochs']` wins over
-    `epochs` when set); delta defaults to 1/(2n); the noise multiplier is the smallest reaching the
-    target epsilon when not given, and a given one must reach it. Raises PrivacyError (one line).
-    """
-    check_settings(p)
-    if p["batch_size"] > n:
-        raise PrivacyError(f"privacy.batch_size={p['batch_size']} is invalid; it must be <= the training set size "
-                           f"N={n} (it is the expected Poisson batch, q = batch_size / N)")
-    q = sample_rate(p["batch_size"], n)
-    steps = max_steps if max_steps > 0 else steps_for(p.get("epochs") or epochs, q)
-    delta = p.get("delta") if p.get("delta") is not None else default_delta(n)
-    eps, sigma, acc = p.get("epsilon"), p.get("noise_multiplier"), p.get("accountant", "prv")
-    validate(epsilon=eps, delta=delta, noise_multiplier=sigma, q=q, steps=steps, accountant=acc, n=n)
-    if sigma is None:
-        sigma = noise_multiplier_for(eps, delta, q, steps, acc)
-    return PrivacyPlan(noise_multiplier=float(sigma), sample_rate=q, steps=int(steps), delta=float(delta),
-                       max_grad_norm=float(p["max_grad_norm"]), batch_size=int(p["batch_size"]),
-                       micro_batch_size=int(p["micro_batch_size"]), accountant=acc, target_epsilon=eps,
-                       constant_lr=bool(p.get("constant_lr", True)), grad_sample_mode=p.get("grad_sample_mode", "auto"))
-
-
-# ---------------------------------------------------------------- per-example gradient samplers
 
 class ShiftGradSampler:
     """Exact per-example gradients of z (jr, jr_warp) and of the head's Linear layers from one
@@ -280,7 +191,3 @@ def sampler_label(method: str, mode: str = "auto") -> str:
     """How `method`'s per-example gradients are computed, for reports: `fast (shift grads)` or `opacus (MODE)`."""
     dp = method_spec(method).dp
     return "fast (shift grads)" if dp.path == "shift" else f"opacus ({dp.opacus_mode if mode == 'auto' else mode})"
-
-
-# ---------------------------------------------------------------- the trainer
-
