@@ -5,7 +5,7 @@ import torch
 
 from jrft_cli.bench.measure import private_step_times
 
-from test_private import MASK, PAD, collate, tiny_data, tiny_roberta  # noqa: F401  (fixture)
+from private_helpers import MASK, PAD, collate, tiny_data, tiny_roberta  # noqa: F401  (fixture)
 
 
 def test_private_step_times_reports_every_variant(tiny_roberta):
