@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import open_dict
 
-from jrft_cli.cli.config import config_dir, group_choices
+from jrft_cli.cli.config import config_dir
 from jrft_cli.cli.hydra_callbacks import expand_sweep
 
 
@@ -48,7 +48,6 @@ def test_small_glue_is_minilm_on_the_local_glue_tasks_and_every_method():
     assert len(second) == 3 * 5 and {j["seed"] for j in second} == {"1"}
 
 
-@pytest.mark.skipif("dp" not in group_choices("privacy"), reason="the privacy config group (privacy=dp) is not in this build")
 def test_small_glue_dp_is_the_private_slice_jr_and_lora_at_epsilon_8():
     cfg = _compose(["experiment=small_glue_dp", "+row=jr_d1024", "task=sst2"])
     assert cfg.privacy.enabled and cfg.privacy.epsilon == 8 and cfg.model.key == "minilm"
@@ -67,7 +66,6 @@ def test_paper_glue_grids(size, n_rows):
     assert {"full", "bitfit", "lora_r1", "linear", "jr_d1024", "jr_d4096", "jr_warp_d1024"} <= {j["+row"] for j in jobs}
 
 
-@pytest.mark.skipif("dp" not in group_choices("privacy"), reason="the privacy config group (privacy=dp) is not in this build")
 def test_paper_dp_grid_and_profiling_compose():
     cfg = _compose(["experiment=paper_dp", "+row=jr_d4096", "task=sst2", "privacy.epsilon=3"])
     assert cfg.privacy.enabled and cfg.privacy.epsilon == 3 and cfg.model.key == "roberta-large"
