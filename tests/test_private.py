@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,8 @@ from jrft_cli.dp.accounting import PrivacyError, epsilon_for
 from jrft_cli.dp.private import OpacusGradSampler, PrivacyPlan, ShiftGradSampler, freeze_shared_embeddings, plan
 from jrft_cli.training.private_loop import PrivateTrainer
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_jrft, subprocess_env
+
 torch.set_num_threads(2)
 
 MASK, PAD = 4, 1          # token ids used with the tiny RoBERTa (random weights, no tokenizer)
@@ -288,11 +287,9 @@ def test_plan_resolves_and_rejects():
 # ---------------------------------------------------------------- CLI errors (one line, no results)
 
 def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "JRFT_GLUE_DIR": "/work/shared/glue",
-           "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "jrft_cli", "train", "logger=none", "privacy=dp",
-                           "data.limit_train=200", "data.limit_eval=16", f"hydra.run.dir={tmp_path / 'run'}",
-                           *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    """`jrft train` (privacy=dp) in a subprocess; the GLUE root comes from subprocess_env's JRFT_GLUE_DIR."""
+    return run_jrft("train", "logger=none", "privacy=dp", "data.limit_train=200", "data.limit_eval=16",
+                    f"hydra.run.dir={tmp_path / 'run'}", *overrides, env=subprocess_env(WANDB_MODE="disabled"), timeout=300)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -301,9 +298,9 @@ def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     ("privacy.noise_multiplier=0.05", "noise multiplier 0.05 is too small for epsilon=8.0"),
     ("train.grad_accum=2", "train.grad_accum=2 is not valid with privacy=dp"),
 ])
-def test_cli_refuses_bad_privacy_settings_in_one_line(tmp_path, override, message):
-    if not Path("/work/shared/glue/SST-2/train.tsv").is_file():
-        pytest.skip("GLUE SST-2 TSVs not at /work/shared/glue")
+def test_cli_refuses_bad_privacy_settings_in_one_line(tmp_path, glue_dir, override, message):
+    if not (glue_dir / "SST-2" / "train.tsv").is_file():
+        pytest.skip(f"GLUE SST-2 TSVs not found under {glue_dir}")
     proc = run_train(tmp_path, "privacy.batch_size=50", override)
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = [line for line in proc.stderr.splitlines() if line.startswith("jrft: error:")]
