@@ -66,7 +66,7 @@ BAD_INPUT = {   # override -> the one stderr line (a regex)
         "root, or set data.dir=null to load from the Hugging Face Hub"),
     # raised after the model has loaded: transformers' progress bar must not come first
     "method.position=ffn": re.escape(
-        "jrft: error: method.position='ffn' is not valid; choose one of output, intermediate, attention"),
+        "jrft: error: method.position='ffn' is not valid; choose one of output, intermediate, attention (method=jr)"),
     # offline with an empty HF cache: the Hub model cannot load
     "model=roberta-base": r"jrft: error: model.name 'FacebookAI/roberta-base' cannot be loaded \(.+\); "
                           r"use a local model directory, .*model=minilm",
