@@ -125,7 +125,7 @@ def test_core_never_imports_hydra_omegaconf_or_opacus_even_lazily():
 
 
 # Notes that live outside the repo, by name: the facts the code relies on are in docs/method.md instead.
-_OUTSIDE_NOTES = ("shared/" + "design", "METHOD" + ".md", "PAPER_CODE" + ".md")
+_OUTSIDE_NOTES = ("shared/" + "design", "METH" + "OD.md", "PAPER" + "_CODE.md")
 _SKIP_DIRS = {".git", ".ci", "outputs", "multirun", "wandb", "__pycache__", ".pytest_cache", ".benchmarks", "build", "dist"}
 
 
