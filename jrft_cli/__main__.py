@@ -7,7 +7,6 @@ Modules are imported lazily so `jrft --help` stays fast and one command's heavy 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 # command name -> module path
@@ -22,18 +21,9 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _available() -> dict[str, str]:
-    """Commands whose module exists in this build (later issues add some)."""
-    out = {}
-    for name, mod in COMMANDS.items():
-        if importlib.util.find_spec(mod) is not None:
-            out[name] = mod
-    return out
-
-
 def usage() -> str:
     lines = ["usage: jrft <command> [args...]", "", "commands:"]
-    for name, mod in _available().items():
+    for name, mod in COMMANDS.items():
         help_line = getattr(importlib.import_module(mod), "HELP", "")
         lines.append(f"  {name:<10} {help_line}")
     lines += ["", "`jrft <command> --help` for a command's options."]
@@ -51,11 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jrft {__version__}")
         return 0
     cmd, rest = argv[0], argv[1:]
-    commands = _available()
-    if cmd not in commands:
-        print(f"jrft: unknown command {cmd!r}; choose one of: {', '.join(commands)}", file=sys.stderr)
+    if cmd not in COMMANDS:
+        print(f"jrft: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    rc = importlib.import_module(commands[cmd]).main(rest)
+    rc = importlib.import_module(COMMANDS[cmd]).main(rest)
     return int(rc or 0)
 
 

@@ -8,25 +8,25 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from export_helpers import GLUE, compose_cfg, make_run_dir
 from jrft_cli.core.artifact import FORMAT_VERSION, load_artifact, read_adapter_config
 from jrft_cli.core.errors import JrftError
 from jrft_cli.tasks.evaluation import TaskInfo, evaluate
 from jrft_cli.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
+from conftest import make_run_dir, plain
+
 torch.set_num_threads(1)
-needs_glue = pytest.mark.skipif(not (GLUE / "RTE" / "dev.tsv").is_file(), reason=f"GLUE RTE not found under {GLUE}")
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> tuple[Path, dict]:
+def trained_run(tmp_path_factory, glue_dir) -> tuple[Path, dict]:
     """A real (tiny) jr run through train.run: 2 steps on 16 RTE rows, 24 dev rows."""
     from jrft_cli.training.recipe import run
 
-    if not (GLUE / "RTE" / "dev.tsv").is_file():
-        pytest.skip(f"GLUE RTE not found under {GLUE}")
-    cfg = compose_cfg(["method=jr", "train.max_steps=2", "train.batch_size=8", "data.limit_train=16",
-                       "data.limit_eval=24", "hardware.num_threads=1"])
+    if not (glue_dir / "RTE" / "dev.tsv").is_file():
+        pytest.skip(f"GLUE RTE not found under {glue_dir}")
+    cfg = plain("task=rte", f"data.dir={glue_dir}", "method=jr", "train.max_steps=2", "train.batch_size=8",
+                "data.limit_train=16", "data.limit_eval=24", "hardware.num_threads=1")
     run_dir = tmp_path_factory.mktemp("run")
     return run_dir, run(cfg, run_dir)
 
@@ -48,14 +48,13 @@ def test_artifact_schema_and_size(trained_run):
     assert info["trainable_params"] == results["trainable_params"] == 1024 + 384 * 2 + 2
 
 
-@needs_glue
-def test_reload_reproduces_the_runs_dev_metrics_exactly(trained_run):
+def test_reload_reproduces_the_runs_dev_metrics_exactly(trained_run, glue_dir):
     from jrft_cli.tasks.glue import encode, load_split, make_collate
 
     run_dir, results = trained_run
     loaded = load_artifact(run_dir)
     task = loaded.info["task_config"]
-    data = encode(load_split(task, "dev", str(GLUE), 24), loaded.tokenizer, mask_format=True, max_length=128)
+    data = encode(load_split(task, "dev", str(glue_dir), 24), loaded.tokenizer, mask_format=True, max_length=128)
     metrics = evaluate(loaded.model, data, make_collate(loaded.tokenizer, False),
                        TaskInfo(False, task["metrics"], task["main_metric"]), 64, torch.device("cpu"))
     assert metrics == results["dev"]

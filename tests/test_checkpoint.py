@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,7 @@ from jrft_cli.training.loop import LoopConfig, Trainer
 from jrft_cli.tasks.evaluation import TaskInfo
 from jrft_cli.training.recipe import config_difference, is_private
 
-ROOT = Path(__file__).resolve().parents[1]
-GLUE = Path(os.environ.get("JRFT_GLUE_DIR", ROOT.parent / "shared" / "glue"))
+from conftest import REPO, jrft_cmd, needs_glue, run_jrft, subprocess_env
 
 
 # -- signals and files ---------------------------------------------------------------------------
@@ -169,26 +167,23 @@ def test_load_state_dict_refuses_a_changed_budget():
 _DP = ["privacy=dp", "privacy.epsilon=8", "privacy.accountant=rdp", "privacy.batch_size=8", "privacy.micro_batch_size=4"]
 
 
-def _train_cmd(run_dir: Path, method: str) -> list[str]:
+def _train_args(run_dir: Path, method: str) -> list[str]:
+    """`jrft train` arguments (the GLUE root comes from subprocess_env's JRFT_GLUE_DIR)."""
     method, _, dp = method.partition("+")
-    return [sys.executable, "-m", "jrft_cli", "train", f"method={method}", *(_DP if dp else []), "task=rte", "logger=none",
+    return ["train", f"method={method}", *(_DP if dp else []), "task=rte", "logger=none",
             "hardware=cpu", "hardware.num_threads=1", "train.max_steps=14", "train.batch_size=8",
             "train.log_every=1", "train.eval_every=5", "data.limit_train=48", "data.limit_eval=16",
-            f"data.dir={GLUE}", f"hydra.run.dir={run_dir}"]
+            f"hydra.run.dir={run_dir}"]
 
 
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-@pytest.mark.skipif(not (GLUE / "RTE").is_dir(), reason=f"no GLUE data at {GLUE} (set JRFT_GLUE_DIR)")
+@needs_glue("RTE")
 @pytest.mark.parametrize("method", ["jr", "bitfit", "jr+dp"])   # bitfit keeps dropout: RNG state matters
 def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, method):
     plain, killed = tmp_path / "plain", tmp_path / "killed"
-    subprocess.run(_train_cmd(plain, method), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    run_jrft(*_train_args(plain, method), check=True)
 
-    proc = subprocess.Popen(_train_cmd(killed, method), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(jrft_cmd(*_train_args(killed, method)), cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = killed / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -199,7 +194,7 @@ def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, method):
     assert proc.returncode == INTERRUPTED_EXIT_CODE, out
     assert (killed / CHECKPOINT_FILE).exists() and not (killed / "results.json").exists()
 
-    again = subprocess.run(_train_cmd(killed, method), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    again = run_jrft(*_train_args(killed, method))
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming" in again.stdout + again.stderr
     want, got = (json.loads((d / "results.json").read_text()) for d in (plain, killed))
@@ -212,6 +207,6 @@ def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, method):
     assert strip(killed) == strip(plain)
 
     # a finished run dir is not trained again
-    third = subprocess.run(_train_cmd(killed, method), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    third = run_jrft(*_train_args(killed, method))
     assert third.returncode == 0 and "already holds a completed run" in third.stdout
     assert json.loads((killed / "results.json").read_text()) == got

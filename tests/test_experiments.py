@@ -1,12 +1,19 @@
-"""The experiment presets (conf/experiment/) and table rows (conf/row/): they compose, and their sweeps
-expand to the paper's grids."""
+"""The experiment presets (conf/experiment/) and table rows (conf/row/): every job of every preset's grid and
+every row composes, its method options parse through the registry and the training recipe validates it;
+the sweeps expand to the paper's grids."""
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 import pytest
-from omegaconf import open_dict
+import yaml
+from omegaconf import OmegaConf, open_dict
 
 from jrft_cli.cli.config import config_dir, group_choices
 from jrft_cli.cli.hydra_callbacks import expand_sweep
+from jrft_cli.core.registry import method_spec
+from jrft_cli.training.recipe import validate
 
 
 def _compose(overrides: list[str], hydra: bool = False):
@@ -23,16 +30,65 @@ def _jobs(experiment: str, extra: list[str] = ()) -> list[dict[str, str]]:
     return [dict(o.split("=", 1) for o in job) for job in expand_sweep(cfg)]
 
 
-@pytest.mark.parametrize("row, method, d", [("jr_d64", "jr", 64), ("jr_d4096", "jr", 4096),
-                                            ("jr_warp_d1024", "jr_warp", 1024), ("lora_r1", "lora", None),
-                                            ("full", "full", None), ("linear", "linear", None)])
-def test_rows_choose_the_method_and_its_width(row, method, d):
-    cfg = _compose([f"+row={row}"])
-    assert cfg.method.name == method
-    if d is not None:
-        assert cfg.method.d == d
-    if row == "lora_r1":
-        assert cfg.method.r == 1
+@lru_cache(maxsize=None)
+def _row_file(row: str) -> tuple[str, int | None, tuple[tuple[str, Any], ...]]:
+    """What conf/row/<row>.yaml declares: its method, its d (jr / jr_warp rows), its method.* values."""
+    data = yaml.safe_load((config_dir() / "row" / f"{row}.yaml").read_text())
+    method = next(d["override /method"] for d in data["defaults"] if isinstance(d, dict) and "override /method" in d)
+    return method, data.get("d"), tuple((data.get("method") or {}).items())
+
+
+def _check_job(overrides: list[str]) -> dict[str, Any]:
+    """Compose `overrides` as `jrft train` does, parse the method options through the registry, run the
+    recipe's validation, and check that the row / task / privacy overrides reached the config."""
+    cfg = OmegaConf.to_container(_compose(overrides), resolve=True)
+    spec = method_spec(cfg["method"]["name"])
+    options = spec.parse_options(cfg["method"])
+    assert isinstance(options, spec.options)
+    assert spec.parse_options(spec.options_dict(options)) == options          # what a run records re-parses
+    validate(cfg)
+    job = dict(o.split("=", 1) for o in overrides)
+    if "+row" in job:
+        method, d, values = _row_file(job["+row"])
+        assert cfg["method"]["name"] == method
+        if d is not None:
+            assert cfg["d"] == options.d == d
+        for key, value in values:
+            assert getattr(options, key) == value, key
+    if "task" in job:
+        assert cfg["task"]["name"] == job["task"]
+    if "privacy" in job:
+        assert bool(cfg["privacy"]["enabled"]) is (job["privacy"] == "dp")
+    if "privacy.epsilon" in job:
+        assert cfg["privacy"]["epsilon"] == float(job["privacy.epsilon"])
+    return cfg
+
+
+@pytest.mark.parametrize("privacy", ["none", "dp"])
+@pytest.mark.parametrize("row", group_choices("row"))
+def test_every_row_composes_parses_and_validates(row, privacy):
+    cfg = _check_job([f"+row={row}", f"privacy={privacy}"])
+    assert bool(cfg["privacy"]["enabled"]) is (privacy == "dp")
+
+
+@pytest.mark.parametrize("experiment", group_choices("experiment"))
+def test_every_job_of_every_preset_composes_parses_and_validates(experiment):
+    """The preset's whole grid (hydra.sweeper.params) as Hydra's sweeper expands it: every row x task (x
+    epsilon, x privacy) combination; a seed only feeds `seed` and the projection seed, so each combination
+    is checked at its first seed."""
+    combos: dict[tuple, list[str]] = {}
+    for job in _jobs(experiment):
+        combos.setdefault(tuple(sorted((k, v) for k, v in job.items() if k != "seed")),
+                          [f"{k}={v}" for k, v in job.items()])
+    for overrides in combos.values():
+        cfg = _check_job(overrides)
+        assert cfg["logger"].get("group") in (None, experiment)
+    params = _compose([f"experiment={experiment}"], hydra=True).hydra.sweeper.get("params") or {}
+    grid = {k: str(v).split(",") for k, v in params.items() if k != "seed"}
+    expected = 1
+    for values in grid.values():
+        expected *= len(values)
+    assert len(combos) == expected, (experiment, grid)
 
 
 def test_small_glue_is_minilm_on_the_local_glue_tasks_and_every_method():
@@ -48,7 +104,6 @@ def test_small_glue_is_minilm_on_the_local_glue_tasks_and_every_method():
     assert len(second) == 3 * 5 and {j["seed"] for j in second} == {"1"}
 
 
-@pytest.mark.skipif("dp" not in group_choices("privacy"), reason="the privacy config group (privacy=dp) is not in this build")
 def test_small_glue_dp_is_the_private_slice_jr_and_lora_at_epsilon_8():
     cfg = _compose(["experiment=small_glue_dp", "+row=jr_d1024", "task=sst2"])
     assert cfg.privacy.enabled and cfg.privacy.epsilon == 8 and cfg.model.key == "minilm"
@@ -67,7 +122,6 @@ def test_paper_glue_grids(size, n_rows):
     assert {"full", "bitfit", "lora_r1", "linear", "jr_d1024", "jr_d4096", "jr_warp_d1024"} <= {j["+row"] for j in jobs}
 
 
-@pytest.mark.skipif("dp" not in group_choices("privacy"), reason="the privacy config group (privacy=dp) is not in this build")
 def test_paper_dp_grid_and_profiling_compose():
     cfg = _compose(["experiment=paper_dp", "+row=jr_d4096", "task=sst2", "privacy.epsilon=3"])
     assert cfg.privacy.enabled and cfg.privacy.epsilon == 3 and cfg.model.key == "roberta-large"

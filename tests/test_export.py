@@ -9,12 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from export_helpers import PAIR_TEXTS, load_isolated, make_run_dir, tiny_roberta
 from jrft_cli.core.artifact import load_artifact
 from jrft_cli.core.errors import JrftError
 from jrft_cli.serving.export import export_run, fold_shifts
 from jrft_cli.core.families import locate
 from jrft_cli.core.families import find_layers as find_encoder_layers
+
+from conftest import PAIR_TEXTS, load_isolated, make_run_dir, tiny_roberta
 
 torch.set_num_threads(1)
 TOL = 1e-5

@@ -122,3 +122,31 @@ def test_core_never_imports_hydra_omegaconf_or_opacus_even_lazily():
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             found += [f"{module}: {n}" for n in names if n.split(".")[0] in banned]
     assert found == []
+
+
+# Notes that live outside the repo, by name: the facts the code relies on are in docs/method.md instead.
+_OUTSIDE_NOTES = ("shared/" + "design", "METH" + "OD.md", "PAPER" + "_CODE.md")
+_SKIP_DIRS = {".git", ".ci", "outputs", "multirun", "wandb", "__pycache__", ".pytest_cache", ".benchmarks", "build", "dist"}
+
+
+def _text_files() -> list[tuple[Path, str]]:
+    out = []
+    for path in REPO.rglob("*"):
+        rel = path.relative_to(REPO)
+        if not path.is_file() or set(rel.parts) & _SKIP_DIRS or rel.parts[0].endswith(".egg-info"):
+            continue
+        try:
+            out.append((rel, path.read_text(encoding="utf-8")))
+        except UnicodeDecodeError:
+            continue            # binary (plots)
+    return out
+
+
+def test_nothing_cites_notes_outside_the_repo_and_tests_use_no_absolute_paths():
+    files = _text_files()
+    assert any(rel == Path("docs/method.md") for rel, _ in files)
+    cites = [f"{rel}: {note}" for rel, text in files for note in _OUTSIDE_NOTES if note in text]
+    assert not cites, cites
+    # tests find data through conftest (JRFT_GLUE_DIR or <repo>/../shared/glue), never a machine's path
+    absolute = [str(rel) for rel, text in files if rel.parts[0] == "tests" and "/wo" + "rk/" in text]
+    assert not absolute, absolute

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 
-from jrft_cli.core.errors import JrftError
 from jrft_cli.training.loop import LoopConfig, Trainer
 from jrft_cli.tasks.evaluation import TaskInfo, loss_fn
 from jrft_cli.core.registry import apply_method, method_names

@@ -13,9 +13,9 @@ def test_naive_reference_matches_the_fast_path():
     from jrft_cli.core.backbone import resolve_model_name
     from jrft_cli.bench.naive_jr import DenseShift, apply_naive_jr
     from jrft_cli.training.recipe import build_model
-    from export_helpers import compose_cfg
+    from conftest import plain
 
-    cfg = compose_cfg(["method=jr", "d=64"])
+    cfg = plain("task=rte", "method=jr", "d=64")
     tok = AutoTokenizer.from_pretrained(resolve_model_name(cfg["model"]["name"]))
     jr = build_model(cfg, tok, 2)
     naive = build_model({**cfg, "method": {**cfg["method"], "name": "linear"}}, tok, 2)

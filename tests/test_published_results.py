@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "results" / "small_glue.md"
-RUNS = ROOT / "docs" / "results" / "small_glue" / "runs"
+from conftest import REPO, run_jrft
+
+DOC = REPO / "docs" / "results" / "small_glue.md"
+RUNS = REPO / "docs" / "results" / "small_glue" / "runs"
 # A quoted table: <!-- jrft table ARGS --> ... <!-- end jrft table -->, ARGS as typed at the repo root.
 BLOCK = re.compile(r"<!-- jrft table (?P<args>[^>]*?) -->\n(?P<body>.*?)<!-- end jrft table -->", re.S)
 
 
 def _blocks() -> list[re.Match]:
     if not DOC.is_file():
-        pytest.skip(f"{DOC.relative_to(ROOT)} is not published in this checkout")
+        pytest.skip(f"{DOC.relative_to(REPO)} is not published in this checkout")
     return list(BLOCK.finditer(DOC.read_text()))
 
 
@@ -28,8 +26,7 @@ def test_published_tables_equal_what_jrft_table_renders_from_the_committed_runs(
     assert blocks, f"{DOC.name} quotes no table between <!-- jrft table ... --> markers"
     for block in blocks:
         args = block["args"].split()
-        proc = subprocess.run([sys.executable, "-m", "jrft_cli", "table", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        proc = run_jrft("table", *args, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "skipped" not in proc.stderr, proc.stderr          # no broken or duplicate summaries
         assert block["body"].strip() == proc.stdout.strip(), f"jrft table {' '.join(args)} renders differently"

@@ -4,17 +4,13 @@ from them. Skips when no SLURM cluster answers (.ci/run starts one with ../share
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-GLUE = Path(os.environ.get("JRFT_GLUE_DIR", ROOT.parent / "shared" / "glue"))
+from conftest import needs_glue, run_jrft
 
 pytestmark = pytest.mark.slurm
 
@@ -47,18 +43,17 @@ def _sacct_states(job_ids: list[str], timeout_s: float = 60) -> dict[str, str]:
         time.sleep(2)
 
 
-@pytest.mark.skipif(not (GLUE / "RTE").is_dir(), reason=f"no GLUE data at {GLUE} (set JRFT_GLUE_DIR)")
-def test_slurm_sweep_runs_jobs_and_builds_a_table(tmp_path):
+@needs_glue("RTE")
+def test_slurm_sweep_runs_jobs_and_builds_a_table(tmp_path, glue_dir):
     why = _cluster_answers()
     if why:
         pytest.skip(f"no SLURM cluster: {why}")
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "jrft_cli", "train", "-m", "hydra/launcher=slurm",
-           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=15",
-           "task=rte,wnli", "method=linear", "train.max_steps=2", "data.limit_train=32", "data.limit_eval=16",
-           "logger=none", "hardware=cpu", "hardware.num_threads=1", f"data.dir={GLUE}", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_jrft("train", "-m", "hydra/launcher=slurm",
+                    "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=15",
+                    "task=rte,wnli", "method=linear", "train.max_steps=2", "data.limit_train=32", "data.limit_eval=16",
+                    "logger=none", "hardware=cpu", "hardware.num_threads=1", f"data.dir={glue_dir}",
+                    f"hydra.sweep.dir={sweep}", timeout=900)
     logs = "\n".join(p.read_text()[-1500:] for p in sweep.glob(".submitit/*/*.err"))
     assert proc.returncode == 0, proc.stderr[-3000:] + logs
 
@@ -74,6 +69,5 @@ def test_slurm_sweep_runs_jobs_and_builds_a_table(tmp_path):
     states = _sacct_states(job_ids)
     assert all(states.get(j) == "COMPLETED" for j in job_ids), states
 
-    table = subprocess.run([sys.executable, "-m", "jrft_cli", "table", str(sweep)], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout
+    table = run_jrft("table", str(sweep), check=True).stdout
     assert "RTE" in table and "WNLI" in table and "linear" in table

@@ -2,17 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from jrft_cli.reporting.sweep import SUMMARY_JSON, SUMMARY_MD, run_status, summarize
 
-ROOT = Path(__file__).resolve().parents[1]
-GLUE = Path(os.environ.get("JRFT_GLUE_DIR", ROOT.parent / "shared" / "glue"))
+from conftest import needs_glue, run_jrft
 
 
 def _job(sweep: Path, name: str, overrides: list[str], files: dict[str, str]) -> Path:
@@ -37,14 +31,13 @@ def test_summarize_reads_each_jobs_status_from_its_run_dir(tmp_path):
     assert run_status(None) == "missing"
 
 
-@pytest.mark.skipif(not (GLUE / "RTE").is_dir(), reason=f"no GLUE data at {GLUE} (set JRFT_GLUE_DIR)")
-def test_local_multirun_writes_a_summary_and_a_relaunch_skips_finished_jobs(tmp_path):
+@needs_glue("RTE")
+def test_local_multirun_writes_a_summary_and_a_relaunch_skips_finished_jobs(tmp_path, glue_dir):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "jrft_cli", "train", "-m", "task=rte,wnli", "method=linear", "train.max_steps=2",
-           "data.limit_train=32", "data.limit_eval=16", "logger=none", "hardware=cpu", "hardware.num_threads=1",
-           f"data.dir={GLUE}", f"hydra.sweep.dir={sweep}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    args = ["train", "-m", "task=rte,wnli", "method=linear", "train.max_steps=2", "data.limit_train=32",
+            "data.limit_eval=16", "logger=none", "hardware=cpu", "hardware.num_threads=1",
+            f"data.dir={glue_dir}", f"hydra.sweep.dir={sweep}"]
+    run_jrft(*args, check=True)
     summary = json.loads((sweep / SUMMARY_JSON).read_text())
     assert summary["finished"] and summary["counts"] == {"completed": 2}
     assert [j["dir"] for j in summary["jobs"]] == ["0_rte_linear_s0", "1_wnli_linear_s0"]
@@ -52,7 +45,7 @@ def test_local_multirun_writes_a_summary_and_a_relaunch_skips_finished_jobs(tmp_
     assert "| 1 |" in (sweep / SUMMARY_MD).read_text()
     first = {j["dir"]: (sweep / j["dir"] / "results.json").read_text() for j in summary["jobs"]}
 
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    again = run_jrft(*args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("already holds a completed run") == 2
     assert {d: (sweep / d / "results.json").read_text() for d in first} == first   # untouched

@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from jrft_cli.reporting.table import build_tables, collect, format_params, plot, render
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_jrft
+
 FIXTURES = REPO / "tests" / "fixtures" / "table"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -43,11 +42,6 @@ def _write(folder: Path, run: dict, mtime: float | None = None) -> Path:
     if mtime is not None:
         os.utime(path, (mtime, mtime))
     return path
-
-
-def _jrft(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jrft_cli", "table", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +169,7 @@ def test_render_latex_booktabs_bold_and_escaping():
 
 
 def test_cli_md_end_to_end_prints_expected():
-    proc = _jrft(str(FIXTURES.relative_to(REPO)), "--format", "md")
+    proc = run_jrft("table", str(FIXTURES.relative_to(REPO)), "--format", "md")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == (FIXTURES / "expected.md").read_text(encoding="utf-8")
     assert proc.stderr.count("skipped") == 3 and "problems/broken/results.json" in proc.stderr
@@ -183,13 +177,13 @@ def test_cli_md_end_to_end_prints_expected():
 
 def test_cli_out_writes_csv(tmp_path):
     out = tmp_path / "t.csv"
-    proc = _jrft(str(FIXTURES), "--format", "csv", "--out", str(out))
+    proc = run_jrft("table", str(FIXTURES), "--format", "csv", "--out", str(out))
     assert proc.returncode == 0 and proc.stdout == ""
     assert out.read_text(encoding="utf-8") == (FIXTURES / "expected.csv").read_text(encoding="utf-8")
 
 
 def test_cli_plot_writes_pngs(tmp_path):
-    proc = _jrft(str(FIXTURES), "--plot", str(tmp_path / "plots"))
+    proc = run_jrft("table", str(FIXTURES), "--plot", str(tmp_path / "plots"))
     assert proc.returncode == 0, proc.stderr
     pngs = sorted((tmp_path / "plots").glob("*.png"))
     # params plots: minilm non-private 3 tasks + roberta-base 1 + eps3 1 + eps8 2; epsilon plots: sst2, cola
@@ -208,12 +202,12 @@ def test_plot_returns_written_paths(tmp_path):
 
 
 def test_cli_bad_format_exits_2_with_choices():
-    proc = _jrft(str(FIXTURES), "--format", "xml")
+    proc = run_jrft("table", str(FIXTURES), "--format", "xml")
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()[-1]  # argparse's one-line error; choice quoting varies by Python
     assert "--format" in err and "invalid choice: 'xml'" in err and all(f in err for f in ("md", "latex", "csv"))
 
 
 def test_cli_no_runs_exits_1(tmp_path):
-    proc = _jrft(str(tmp_path))
+    proc = run_jrft("table", str(tmp_path))
     assert proc.returncode == 1 and "no completed runs" in proc.stderr

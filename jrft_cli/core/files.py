@@ -66,13 +66,6 @@ class MetricsWriter:
             f.write(json.dumps(record, default=_json_default) + "\n")
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that trained, by name (never the frozen backbone, never projection buffers)."""
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}

@@ -7,17 +7,13 @@ import time
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from rich.console import Console
 
 from jrft_cli.training import recipe as train
-from jrft_cli.cli.config import compose
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.files import RESULTS_FILE
 
-
-def plain(*overrides: str) -> dict:
-    return OmegaConf.to_container(compose(["logger=none", "hardware=cpu", *overrides]), resolve=True)
+from conftest import plain
 
 
 def quiet() -> Console:
@@ -85,7 +81,7 @@ def test_jr_learns_sst2(tmp_path, glue_dir):
     (125 steps), lr 1e-2 (6% warm-up, linear decay), max_length 64, evaluated on the full dev set (872).
 
     Measured here (1 torch thread, a 2-core CPU shared with other jobs): dev accuracy 0.769 in 35 s
-    (lightly loaded) to 135 s (a second training beside it). At lr 3e-3 (METHOD.md's value for 750-step runs,
+    (lightly loaded) to 135 s (a second training beside it). At lr 3e-3 (the reference value for 750-step runs in docs/method.md,
     jr's default before the small_glue sweep) the same 125 steps reach only 0.680. Chance is 0.51.
     """
     cfg = plain(f"data.dir={glue_dir}", "d=1024", "train.lr=1e-2", "train.batch_size=16", "train.epochs=1",

@@ -9,7 +9,8 @@ import torch
 from jrft_cli.tasks.glue import Example, encode, load_split, make_collate, read_tsv
 from jrft_cli.core.errors import JrftError
 
-# Row counts from /work/shared/glue/README.md (data rows, header excluded): (train, dev); None = not shipped.
+# Row counts of the classic glue_data/ TSVs, as the README of the shared GLUE copy lists them (data rows, header
+# excluded): (train, dev); None = not shipped.
 ROWS = {
     "cola": (8_551, 1_043),
     "sst2": (67_349, 872),
