@@ -4,7 +4,8 @@ A row's identity is a dict of axes, e.g. `{"method": "jr", "projection": "struct
 match rows across tables by equal identities, and the label shown in tables joins the values
 ("jr structured"). Axes today: `method` (a registered method, or `naive_jr`, the reference
 implementation of bench/naive_jr.py) and any method option varied with `--vary` (e.g. `projection`).
-Further axes (precision, batch ordering) are added by putting more keys into `RowSpec.id`.
+Further axes (precision, batch ordering) are added by putting more keys into `RowSpec.id` and reading
+them where steps.py builds and steps the row (e.g. `Trainer(precision=...)`, `predict(amp=...)`).
 
 Each method's settings come from the registry: its options, head, dropout and learning rates are
 its conf/method/<name>.yaml (`MethodSpec.defaults()`), with the yaml's `${d}` / `${seed}` filled by
