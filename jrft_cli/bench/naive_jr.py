@@ -1,4 +1,5 @@
-"""REFERENCE ONLY (used by `jrft bench`, never by training): jr written the straightforward way.
+"""REFERENCE ONLY (used by `jrft bench`, never by training): jr written the straightforward way
+(the bench's `naive_jr` rows).
 
 This is how the paper's release structures SLaSh, kept here so `jrft bench` measures our gain over
 it instead of asserting one:
@@ -11,22 +12,23 @@ it instead of asserting one:
   example, per layer) and computes per-example gradients of EVERY parameter of the layer, the frozen
   W_l included (B x d x H per layer), before keeping z's.
 
-jrft's own jr (methods/jr.py + dp/samplers.py) gets the same per-example gradients of z from one
+jrft's own jr (core/methods/jr.py + dp/samplers.py) gets the same per-example gradients of z from one
 ordinary backward pass through a per-example shift tensor.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from jrft_cli.tasks.evaluation import loss_fn
-from jrft_cli.core.methods.jr import init_z, locate
-from jrft_cli.core.families import find_layers as find_encoder_layers
-from jrft_cli.dp.mechanism import add_noise, clip_and_sum
+from jrft_cli.core.backbone import SequenceClassifier
+from jrft_cli.core.families import find_layers as find_encoder_layers, locate
+from jrft_cli.core.methods.jr import SlashConfig, init_z
 from jrft_cli.core.projection import make_projection
+from jrft_cli.dp.mechanism import add_noise, clip_and_sum
+from jrft_cli.tasks.evaluation import loss_fn
 
 
 class DenseShift(nn.Module):
@@ -63,6 +65,23 @@ def apply_naive_jr(model: nn.Module, d: int, seed: int = 0) -> nn.Parameter:
     return z
 
 
+def build_naive_jr(model_name: str, tokenizer: Any, num_labels: int, options: SlashConfig, *, seed: int,
+                   head: str = "mask", dropout: float | None = 0.0) -> SequenceClassifier:
+    """The naive reference of jr with `options` (its d and projection seed; always the `output`
+    position and a dense projection): the backbone and head with no registered method, seeded as
+    `core.build.build_classifier` seeds them, so its head and z start equal to jr's."""
+    torch.manual_seed(seed)
+    model = SequenceClassifier(model_name, num_labels, head=head, dropout=dropout,
+                               mask_token_id=tokenizer.mask_token_id)
+    apply_naive_jr(model, options.d, seed=options.seed)
+    return model
+
+
+def naive_options(options: SlashConfig) -> dict[str, Any]:
+    """The naive reference's settings, for reports."""
+    return {"d": options.d, "projection": "dense (frozen nn.Parameter)", "projection_seed": options.seed}
+
+
 def _path_of(root: nn.Module, target: nn.Module) -> str:
     for name, module in root.named_modules():
         if module is target:
@@ -71,11 +90,12 @@ def _path_of(root: nn.Module, target: nn.Module) -> str:
 
 
 class NaivePrivateStep:
-    """One DP-SGD step on a fixed batch through opacus' GradSampleModule (per-example grads, joint
-    clipping to C, Gaussian noise, AdamW step): the generic machinery, for comparison."""
+    """One DP-SGD step through opacus' GradSampleModule (per-example grads, joint clipping to C,
+    summed over the micro-batches, Gaussian noise, AdamW step): the generic machinery, for comparison."""
 
-    def __init__(self, model: nn.Module, collate: Callable, device: torch.device, lr: float = 3e-3,
-                 max_grad_norm: float = 1.0, noise_multiplier: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, collate: Callable, device: torch.device, lr: float,
+                 max_grad_norm: float = 1.0, noise_multiplier: float = 1.0, seed: int = 0,
+                 is_regression: bool = False) -> None:
         from opacus import GradSampleModule
 
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=False)
@@ -84,21 +104,33 @@ class NaivePrivateStep:
         self.collate, self.device = collate, device
         self.max_grad_norm, self.noise_multiplier = max_grad_norm, noise_multiplier
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.is_regression = is_regression
 
-    def step(self, items: list[dict]) -> float:
-        batch = {k: v.to(self.device) for k, v in self.collate(items).items()}
-        labels = batch.pop("labels")
+    def step(self, micro: list[list[dict]], expected_batch: float | None = None) -> float:
+        """One step over the micro-batches of one logical batch; the noisy sum is divided by
+        `expected_batch` (default: the realised batch size), as DP-SGD divides by the expected one."""
+        sums: list[torch.Tensor] | None = None
+        total = 0.0
         self.module.train()
-        losses = loss_fn(self.module(**batch), labels, is_regression=False, reduction="none")
-        with warnings.catch_warnings():   # opacus' full backward hooks on a frozen-input module: expected
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            losses.sum().backward()
-        per_example = [p.grad_sample for p in self.params]
-        summed, _ = clip_and_sum(per_example, self.max_grad_norm)
-        noisy = add_noise(summed, self.noise_multiplier, self.max_grad_norm, self.generator)
+        for items in micro:
+            batch = {k: v.to(self.device) for k, v in self.collate(items).items()}
+            labels = batch.pop("labels")
+            losses = loss_fn(self.module(**batch), labels, is_regression=self.is_regression, reduction="none")
+            with warnings.catch_warnings():   # opacus' full backward hooks on a frozen-input module: expected
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                losses.sum().backward()
+            clipped, _ = clip_and_sum([p.grad_sample for p in self.params], self.max_grad_norm)
+            sums = clipped if sums is None else [a + b for a, b in zip(sums, clipped)]
+            for p in self.params:
+                p.grad_sample = None
+                p.grad = None
+            total += float(losses.detach().sum())
+        if sums is None:
+            sums = [torch.zeros_like(p) for p in self.params]
+        noisy = add_noise(sums, self.noise_multiplier, self.max_grad_norm, self.generator)
+        n = expected_batch if expected_batch is not None else sum(len(items) for items in micro)
         for p, g in zip(self.params, noisy):
-            p.grad = g / len(items)
-            p.grad_sample = None
+            p.grad = g / n
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(losses.detach().sum())
+        return total

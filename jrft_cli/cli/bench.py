@@ -1,5 +1,7 @@
-"""`jrft bench`: training / private / inference speed and memory of every method, side by side in one
-process (same model, batch and sequence length), plus the projection table; writes JSON + Markdown."""
+"""`jrft bench`: speed and memory of every method side by side in one process (same model, batch and
+sequence length): training steps, evaluation forwards, private steps, inference latency and the
+projection table. Writes <stem>.json and <stem>.md under outputs/bench/<time>/ unless --out names
+another folder (see jrft_cli/bench/ for what each section measures)."""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +9,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
-
-from jrft_cli.cli import OneLineParser
 from typing import Any
 
-HELP = "speed and memory of every method side by side (train, private, inference, projections)"
-DEFAULT_OUT = Path("docs/benchmarks")
+from jrft_cli.cli import OneLineParser
+
+HELP = "speed and memory of every method side by side (train, eval, private, inference, projections)"
+DEFAULT_ROOT = Path("outputs/bench")
 
 
 def _int_list(text: str) -> list[int]:
@@ -47,217 +49,183 @@ def _int_at_least(low: int, what: str):
     return parse
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return v
+
+
 _positive = _int_at_least(1, "positive")
-_non_negative = _int_at_least(0, "non-negative")
 
 
 def parser() -> argparse.ArgumentParser:
-    from jrft_cli.bench.sections import METHOD_CHOICES, SECTIONS
+    from jrft_cli.bench.rows import NAIVE, SUBJECT
+    from jrft_cli.bench.run import SECTIONS
+    from jrft_cli.core.conf import group_choices
+    from jrft_cli.core.registry import method_names
 
+    methods = method_names()
     p = OneLineParser(prog="jrft bench", description=HELP)
     p.add_argument("--model", default="minilm",
                    help="a conf/model key (minilm, roberta-base, ...), a Hub id or a local path (default: minilm)")
-    p.add_argument("--seq-len", type=_positive, default=64, help="tokens per sequence (default 64)")
-    p.add_argument("--batch-size", type=_positive, default=32, help="sequences per step (default 32)")
-    p.add_argument("--steps", type=_positive, default=10, help="timed steps per row (default 10)")
-    p.add_argument("--warmup", type=_non_negative, default=3, help="untimed warm-up steps per row (default 3)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--methods", type=_choice_list(METHOD_CHOICES, "--methods"), default=list(METHOD_CHOICES),
-                   help=f"comma list from {','.join(METHOD_CHOICES)} (default: all; jr gives a dense and a "
-                        "structured row; naive_jr is the reference jr, dense W_l parameters + opacus)")
-    p.add_argument("--private", action=argparse.BooleanOptionalAction, default=True,
-                   help="measure private (DP-SGD) steps too (default: yes)")
+    p.add_argument("--methods", type=_choice_list(methods, "--methods"), default=list(methods),
+                   help=f"comma list of registered methods from {','.join(methods)} (default: all)")
+    p.add_argument("--vary", action="append", default=None, metavar="OPTION=V1,V2",
+                   help="one row per value of a method option, for every method that has the option "
+                        "(repeatable; default: projection=dense,structured where a method has it)")
+    p.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"add the {NAIVE} rows: {SUBJECT} written the straightforward way (dense W_l "
+                        "parameters, opacus' generic per-sample hooks), for comparison (default: yes)")
     p.add_argument("--only", type=_choice_list(SECTIONS, "--only"), default=list(SECTIONS),
                    help=f"comma list of sections from {','.join(SECTIONS)} (default: all)")
-    p.add_argument("--d", type=_positive, default=1024, help="size of z for jr / jr_warp / naive_jr (default 1024)")
-    p.add_argument("--repeats", type=_positive, default=20, help="inference: timed round-robin repeats (default 20)")
+    p.add_argument("--d", type=_positive, default=1024, help="the top-level d of conf/config.yaml (default 1024)")
+    p.add_argument("--seed", type=_int_at_least(0, "non-negative"), default=0, help="seed (default 0)")
+    p.add_argument("--seq-len", type=_positive, default=64,
+                   help="tokens per synthetic sequence; with --data, the maximum length (default 64)")
+    p.add_argument("--batch-size", type=_positive, default=32,
+                   help="sequences per step; with --data, the expected Poisson batch size (default 32)")
+    p.add_argument("--micro-batch-size", type=_positive, default=None,
+                   help="physical batch: steps accumulate over micro-batches of this size (default: the whole batch)")
+    p.add_argument("--data", choices=group_choices("task"), default=None,
+                   help="draw Poisson batches from this GLUE task's training rows instead of the synthetic batch")
+    p.add_argument("--data-dir", default=None, help="glue_data/ root for --data (default: $JRFT_GLUE_DIR, else the Hub)")
+    p.add_argument("--data-rows", type=_positive, default=2000,
+                   help="with --data: use the first N training rows (default 2000)")
+    p.add_argument("--steps", type=_positive, default=10, help="timed round-robin rounds (default 10)")
+    p.add_argument("--warmup", type=_positive, default=3, help="untimed warm-up calls per row (default 3)")
+    p.add_argument("--noise-multiplier", type=_positive_float, default=1.0, help="private rows' sigma (default 1.0)")
+    p.add_argument("--max-grad-norm", type=_positive_float, default=1.0, help="private rows' clipping norm C (default 1.0)")
+    p.add_argument("--opacus-mode", choices=["auto", "ghost", "hooks"], default="auto",
+                   help="opacus grad-sample mode of private rows on the opacus path (default: each method's own)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--inference-methods", type=_choice_list(methods, "--inference-methods"), default=[SUBJECT],
+                   help=f"methods timed as jrft runs them and exported, against the base model (default {SUBJECT})")
+    p.add_argument("--repeats", type=_positive, default=20, help="inference: timed round-robin rounds (default 20)")
     p.add_argument("--proj-layers", type=_positive, default=24, help="projection section: L (default 24, RoBERTa-large)")
     p.add_argument("--proj-hidden", type=_positive, default=1024, help="projection section: H (default 1024)")
     p.add_argument("--proj-dims", type=_int_list, default=[1024, 4096, 16384, 65536],
                    help="projection table: comma list of d (default 1024,4096,16384,65536)")
-    p.add_argument("--max-dense-gb", type=float, default=4.0,
+    p.add_argument("--proj-repeats", type=_positive, default=5, help="projection table: timed calls per row (default 5)")
+    p.add_argument("--max-dense-gb", type=_positive_float, default=4.0,
                    help="do not allocate dense projections above this size (default 4; capped by free memory)")
     p.add_argument("--shift-step", action=argparse.BooleanOptionalAction, default=True,
-                   help="projection section: also time one jr training step of a random RoBERTa with "
+                   help=f"projection section: also time one {SUBJECT} training step of a random RoBERTa with "
                         "--proj-layers x --proj-hidden (default: yes)")
     p.add_argument("--shift-d", type=_positive, default=4096, help="d for the z->shifts vs step comparison (default 4096)")
     p.add_argument("--shift-batch", type=_positive, default=2, help="batch of that step (default 2)")
     p.add_argument("--shift-seq", type=_positive, default=32, help="sequence length of that step (default 32)")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a line for the report's notes (repeatable), e.g. what else ran on the machine")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report directory (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"report folder (default {DEFAULT_ROOT}/<date>_<time>); an existing report file there is "
+                        "replaced only if jrft bench wrote it and nobody edited it since")
     p.add_argument("--name", default=None, help="report file stem (default bench_<cpu|cuda>)")
     return p
 
 
-def _compose(overrides: list[str]) -> dict[str, Any]:
+def _compose(args: argparse.Namespace) -> dict[str, Any]:
+    """The model and task configs as `jrft train` composes them (the task: --data, else sst2, whose
+    labels the synthetic batch and the exported artifact use)."""
     from omegaconf import OmegaConf
 
     from jrft_cli.cli.config import compose
+    from jrft_cli.core.conf import group_choices
 
-    return OmegaConf.to_container(compose(["logger=none"] + overrides), resolve=True)
-
-
-def _configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each method's config as `jrft train` composes it, with the benchmark's model and d."""
-    from jrft_cli.cli.config import group_choices
-
-    model_override = [f"model={args.model}"] if args.model in group_choices("model") else []
-    out = {}
-    for m in ("full", "bitfit", "lora", "linear", "jr", "jr_warp"):
-        cfg = _compose(model_override + [f"method={m}", f"d={args.d}"])
-        if not model_override:
-            cfg["model"] = {"key": args.model, "name": args.model, "revision": None}
-        out[m] = cfg
-    return out
+    overrides = ["logger=none", f"task={args.data or 'sst2'}"]
+    known_model = args.model in group_choices("model")
+    if known_model:
+        overrides.append(f"model={args.model}")
+    cfg = OmegaConf.to_container(compose(overrides), resolve=True)
+    if not known_model:
+        cfg["model"] = {"key": args.model, "name": args.model, "revision": None}
+    return cfg
 
 
-def _rows(args: argparse.Namespace, cfgs: dict[str, dict[str, Any]], tokenizer: Any, private: bool):
-    from jrft_cli.bench.sections import PRIVATE_METHODS, Row
-    from jrft_cli.bench.naive_jr import apply_naive_jr
-    from jrft_cli.training.recipe import build_model
+def _settings(args: argparse.Namespace, cfg: dict[str, Any]) -> Any:
+    """The settings `args` ask for, checked (methods, --vary) before anything loads."""
+    from jrft_cli.bench.rows import DEFAULT_VARY, applicable, method_rows, parse_vary
+    from jrft_cli.bench.run import BenchSettings
+    from jrft_cli.core.backbone import model_id
 
-    def builder(cfg: dict[str, Any]):
-        return lambda: build_model(cfg, tokenizer, 2)
-
-    def naive_builder():
-        jr = cfgs["jr"]
-        model = build_model({**jr, "method": {**jr["method"], "name": "linear"}}, tokenizer, 2)
-        apply_naive_jr(model, args.d, seed=jr["method"]["projection_seed"])
-        return model
-
-    rows = []
-    for m in args.methods:
-        if private and m not in PRIVATE_METHODS + ("naive_jr",):
-            continue
-        if m == "jr":
-            for kind in ("dense", "structured"):
-                cfg = {**cfgs["jr"], "method": {**cfgs["jr"]["method"], "projection": kind}}
-                rows.append(Row(f"jr {kind}", "jr", builder(cfg), cfg["method"]["lr"], {"projection": kind, "d": args.d}))
-        elif m == "naive_jr":
-            rows.append(Row("naive_jr", "naive_jr", naive_builder, cfgs["jr"]["method"]["lr"],
-                            {"projection": "dense (frozen nn.Parameter)", "d": args.d}))
-        else:
-            extra = {"d": args.d} if m == "jr_warp" else {}
-            rows.append(Row(m, m, builder(cfgs[m]), cfgs[m]["method"]["lr"], extra))
-    return rows
+    # The default varies only what the chosen methods have; an explicit --vary must apply to one of them.
+    vary = parse_vary(args.vary) if args.vary is not None else applicable(DEFAULT_VARY, args.methods)
+    method_rows(args.methods, vary, d=args.d, seed=args.seed, naive=args.naive)   # checks before anything loads
+    task = cfg["task"]
+    return BenchSettings(
+        model_name=cfg["model"]["name"], model_id=model_id(cfg["model"]["name"]), methods=args.methods,
+        sections=args.only, vary=vary, naive=args.naive, d=args.d, seed=args.seed, batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup,
+        noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm, opacus_mode=args.opacus_mode,
+        data=args.data, num_labels=1 if task["is_regression"] else len(task["labels"]),
+        inference_methods=args.inference_methods, repeats=args.repeats, proj_layers=args.proj_layers,
+        proj_hidden=args.proj_hidden, proj_dims=args.proj_dims, proj_repeats=args.proj_repeats,
+        max_dense_bytes=args.max_dense_gb * 1e9, shift_step=args.shift_step, shift_d=args.shift_d,
+        shift_batch=args.shift_batch, shift_seq=args.shift_seq, notes=list(args.note))
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    import importlib.util
+    """Measure what `args` asks for; returns the report."""
     import os
 
     import torch
     from transformers.utils import logging as hf_logging
 
-    from jrft_cli.bench import sections as bench
-    from jrft_cli.tasks.glue import make_collate
+    from jrft_cli.bench.run import run_bench
+    from jrft_cli.core.backbone import load_tokenizer
+    from jrft_cli.tasks.evaluation import TaskInfo
+    from jrft_cli.tasks.glue import encode, load_split, make_collate
     from jrft_cli.training.loop import resolve_device
-    from jrft_cli.core.backbone import load_tokenizer, model_id
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    env = bench.environment(device)
-    env["load_average_before"] = env.pop("load_average")
+    cfg = _compose(args)
+    settings = _settings(args, cfg)
+    task = cfg["task"]
+    if set(args.only) <= {"projection"}:       # random-weight models only: no tokenizer, no data
+        tokenizer = collate = None
+    else:
+        tokenizer = load_tokenizer(settings.model_name)
+        collate = make_collate(tokenizer, task["is_regression"])
+    if args.data and tokenizer is not None:
+        data_dir = args.data_dir or os.environ.get("JRFT_GLUE_DIR")
+        examples = load_split(task, "train", data_dir, args.data_rows)
+        settings.examples = encode(examples, tokenizer, mask_format=True, max_length=args.seq_len)
     log = lambda msg: print(f"jrft bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
-
-    cfgs = _configs(args)
-    model_name = cfgs["jr"]["model"]["name"]
-    report: dict[str, Any] = {
-        "schema": bench.SCHEMA,
-        "command": "jrft bench " + " ".join(shlex.quote(a) for a in argv),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "environment": env,
-        "config": {"model": model_name, "model_id": model_id(model_name), "seq_len": args.seq_len,
-                   "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "d": args.d,
-                   "methods": args.methods, "sections": args.only, "private": args.private,
-                   "noise_multiplier": 1.0, "max_grad_norm": 1.0, "inference_repeats": args.repeats},
-        "notes": list(args.note),
-    }
-    needs_model = any(s in args.only for s in ("train", "private", "inference"))
-    if needs_model:
-        tokenizer = load_tokenizer(model_name)
-        items = bench.synthetic_batch(tokenizer, args.batch_size, args.seq_len)
-        collate = make_collate(tokenizer, is_regression=False)
-    # Train and private rows share one pool of round-robin rounds (see bench.run_rows); a method's
-    # private row runs right after its non-private one, so their ratio sees the same machine load.
-    total = max(1, args.warmup) + args.steps
-    prepare: dict[str, list] = {}
-    if "train" in args.only:
-        for row in _rows(args, cfgs, tokenizer, private=False):
-            prepare.setdefault(row.label, []).append(
-                lambda row=row: bench.prepare_train(row, items, collate, device, total))
-    if "private" in args.only and args.private:
-        rows = _rows(args, cfgs, tokenizer, private=True)
-        if importlib.util.find_spec("jrft_cli.dp.samplers") is None:
-            pending = [r.label for r in rows if r.method != "naive_jr"]
-            rows = [r for r in rows if r.method == "naive_jr"]
-            report["notes"].append(f"private rows {', '.join(pending)} pending: jrft_cli.dp.samplers is not in this build")
-        for row in rows:
-            prepare.setdefault(row.label, []).append(
-                lambda row=row: bench.prepare_private(row, items, collate, device, total))
-    prepare = [make for makes in prepare.values() for make in makes]
-    if prepare:
-        measured = bench.run_rows(prepare, args.steps, args.warmup, device, log)
-        for section in ("train", "private"):
-            if any(s == section for s, _ in measured):
-                report[section] = [r for s, r in measured if s == section]
-    if "inference" in args.only:
-        log("inference: base, jr (hooks), exported")
-        jr = cfgs["jr"]
-        base_cfg = {**jr, "method": {**jr["method"], "name": "linear"}}
-        from jrft_cli.training.recipe import build_model
-
-        rows, diff = bench.inference_rows(lambda: build_model(base_cfg, tokenizer, 2),
-                                          lambda: build_model(jr, tokenizer, 2), jr, tokenizer,
-                                          items, collate, device, args.repeats, warmup=3)
-        report["inference"], report["inference_max_logit_diff"] = rows, diff
-    if "projection" in args.only:
-        import psutil
-
-        available = psutil.virtual_memory().available
-        # Never allocate more than half the free memory (the machine may be shared).
-        max_dense = min(args.max_dense_gb * 1e9, available / 2)
-        log(f"projection table: L={args.proj_layers}, H={args.proj_hidden}, d in {args.proj_dims}")
-        report["projection"] = bench.projection_table(args.proj_layers, args.proj_hidden, tuple(args.proj_dims),
-                                                      device, repeats=5, max_dense_bytes=max_dense)
-        if args.shift_step:
-            h, L = args.proj_hidden, args.proj_layers
-            need = 4 * (L * 12 * h * h + 50265 * h) * 1.5 + 4 * L * args.shift_d * h   # weights + slack + dense W
-            if device.type == "cpu" and need > psutil.virtual_memory().available * 0.8:
-                report["notes"].append(f"z->shifts vs step skipped: the random L={L}, H={h} model needs about "
-                                       f"{need / 1e9:.1f} GB and {psutil.virtual_memory().available / 1e9:.1f} GB are free")
-            else:
-                report["shift_vs_step"] = bench.shift_vs_step(L, h, args.shift_d, args.shift_batch, args.shift_seq,
-                                                              steps=3, warmup=1, device=device, log=log)
-    report["targets"] = bench.targets(report)
-    for t in report["targets"]:
-        if not t["met"]:
-            report["notes"].append(f"target missed: {t['name']} = {t['value']:.3f} (goal {t['target']}; {t['detail']})")
-    env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return report
+    return run_bench(settings, tokenizer=tokenizer, collate=collate,
+                     task=TaskInfo(task["is_regression"], task["metrics"], task["main_metric"]), task_record=task,
+                     device=device, command="jrft bench " + " ".join(shlex.quote(a) for a in argv), log=log)
 
 
 def main(argv: list[str]) -> int:
+    from jrft_cli.bench.report import check_writable, print_tables, write_report
     from jrft_cli.core.errors import JrftError
 
     args = parser().parse_args(argv)
+    out = args.out or DEFAULT_ROOT / time.strftime("%Y-%m-%d_%H-%M-%S")
     try:
+        stem = args.name or f"bench_{'cuda' if _uses_cuda(args.device) else 'cpu'}"
+        check_writable(out, stem)            # before measuring: a refusal must not cost the whole run
         report = run(args, argv)
+        print_tables(report)
+        json_path, md_path = write_report(report, out, stem)
     except JrftError as e:
         print(f"jrft bench: error: {e}", file=sys.stderr)
         return 2
-    from jrft_cli.bench.report import markdown, print_tables
-    from jrft_cli.core.files import write_json_atomic
-
-    print_tables(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or f"bench_{report['environment']['device'].split(':')[0]}"
-    write_json_atomic(args.out / f"{stem}.json", report)
-    (args.out / f"{stem}.md").write_text(markdown(report))
-    print(f"jrft bench: wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")
+    print(f"jrft bench: wrote {json_path} and {md_path}")
     return 0
+
+
+def _uses_cuda(device: str) -> bool:
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device == "cuda"
