@@ -166,9 +166,10 @@ def config_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
-def _existing_run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """(completed results, checkpoint to resume) of a run dir being relaunched; errors when the
-    dir holds a different configuration, or a file of its record is corrupt (saying what to do)."""
+def _existing_run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(completed results, loaded checkpoint to resume) of a run dir being relaunched; errors when the
+    dir holds a different configuration, or a file of its record is corrupt (saying what to do). Read
+    before the relaunch is accepted, so a refused one writes nothing."""
     results = read_results(run_dir)
     ckpt = run_dir / CHECKPOINT_FILE
     if results is None and not ckpt.exists():
@@ -190,7 +191,7 @@ def _existing_run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any] | 
     if results is not None and results.get("status") == "failed":
         # a failed run is retried from scratch: its checkpoint led to the failure
         return None, None
-    return None, ckpt if ckpt.exists() else None
+    return None, load_checkpoint(ckpt) if ckpt.exists() else None
 
 
 def _rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -246,7 +247,7 @@ def run(cfg: dict[str, Any], run_dir: Path, console: Any = None,
             run_dir = _agree_run_dir(run_dir, dist_info)
         if dist_info.is_main:
             lock = RunDirLock.acquire(run_dir)
-        done, resume_from = _existing_run(cfg, run_dir)
+        done, checkpoint = _existing_run(cfg, run_dir)
         if done is not None:
             if dist_info.is_main:
                 print(f"jrft: {run_dir} already holds a completed run (results.json); skipping it", flush=True)
@@ -257,11 +258,11 @@ def run(cfg: dict[str, Any], run_dir: Path, console: Any = None,
             (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))   # the resolved config
             if on_start is not None:
                 on_start()
-            if resume_from is None:
+            if checkpoint is None:
                 (run_dir / METRICS_FILE).unlink(missing_ok=True)   # a restart from scratch logs anew
                 (run_dir / RESULTS_FILE).unlink(missing_ok=True)   # a failed run's record goes with it
                 (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-        return _run(cfg, run_dir, console, resume_from, dist_info)
+        return _run(cfg, run_dir, console, checkpoint, dist_info)
     except RunDirBusy:
         raise   # the dir is another process's: touch nothing
     except TrainingFailed:
@@ -323,7 +324,7 @@ def _agree_run_dir(run_dir: Path, info: distributed.DistInfo) -> Path:
     return agreed
 
 
-def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | None,
+def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str, Any] | None,
          dist_info: distributed.DistInfo) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
@@ -364,7 +365,6 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
                           checkpoint_every=t.get("checkpoint_every") or 0)
     task_info = TaskInfo(task["is_regression"], task["metrics"], task["main_metric"])
     log_cfg = cfg["logger"]
-    checkpoint = load_checkpoint(resume_from) if resume_from else None
     tracker = Tracker(run_dir, cfg, use_wandb=bool(log_cfg.get("enabled")) and dist_info.is_main,
                       project=log_cfg.get("project", "jrft"), entity=log_cfg.get("entity"), group=log_cfg.get("group"),
                       tags=log_cfg.get("tags"), mode=log_cfg.get("mode", "auto"),
@@ -396,7 +396,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
                     trainer.load_state_dict(checkpoint["trainer"])
                 except (KeyError, TypeError, ValueError, RuntimeError) as e:
                     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    raise JrftError(f"{resume_from}: cannot resume from this checkpoint ({reason[:200]}); delete it "
+                    raise JrftError(f"{ckpt_path}: cannot resume from this checkpoint ({reason[:200]}); delete it "
                                     f"to train this run from scratch") from None
                 if dist_info.is_main:
                     _rewrite_metrics(run_dir, trainer.history)
