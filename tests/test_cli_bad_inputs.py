@@ -388,3 +388,15 @@ def test_non_finite_loss_fails_the_run_and_table_skips_it(tmp_path):
                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert table.returncode == 1 and table.stdout == ""
     assert f"jrft table: skipped {run / RESULTS_FILE}: the run failed (training failed at step 2" in table.stderr
+
+
+def test_predict_on_a_long_line_never_exceeds_the_models_positions(world, tmp_path, capsys, monkeypatch):
+    """A run recorded before data.max_length was checked may hold more than the model takes (here 1000 >
+    MiniLM's 512): predict truncates at the model's limit instead of crashing on a long line."""
+    run = copy_run(world, tmp_path)
+    edit_json(run / ADAPTER_CONFIG, lambda i: i.update(max_length=1000))
+    line = " ".join(["word"] * 700) + "\t" + " ".join(["other"] * 300) + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(line))
+    assert main(["predict", str(run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[1].split("\t")[0] in ("entailment", "not_entailment")

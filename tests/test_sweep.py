@@ -54,6 +54,8 @@ def test_failed_jobs_carry_their_error(tmp_path):
     assert "| failed: train.lr=-1 is not valid; it must be > 0 |" in (tmp_path / SUMMARY_MD).read_text()
     clear_failure(tmp_path, ["task=rte", "seed=2"])      # the job runs again
     assert summarize(tmp_path, jobs)[2]["status"] == "missing"
+    (tmp_path / "1_rte_jr_s1" / ".hydra" / "overrides.yaml").write_text("- [unclosed")   # a damaged record
+    assert [r["status"] for r in summarize(tmp_path, jobs)] == ["failed", "missing", "missing", "missing"]
 
 
 def test_a_job_failing_on_its_config_is_failed_with_its_error(tmp_path):

@@ -32,8 +32,11 @@ def job_dirs(sweep_dir: Path) -> dict[frozenset[str], Path]:
     """The job dirs under a sweep dir, keyed by their set of overrides (.hydra/overrides.yaml)."""
     out: dict[frozenset[str], Path] = {}
     for f in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
-        overrides = yaml.safe_load(f.read_text()) or []
-        out[frozenset(overrides)] = f.parent.parent
+        try:
+            overrides = yaml.safe_load(f.read_text(encoding="utf-8")) or []
+            out[frozenset(overrides)] = f.parent.parent
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError):
+            continue   # a damaged record: that job shows as missing rather than breaking the summary
     return out
 
 
