@@ -103,3 +103,99 @@ def test_strict_keys_and_format_checks(tmp_path):
     (run / ADAPTER_CONFIG).write_text(json.dumps({**info, "format_version": 99}))
     with pytest.raises(JrftError, match="version 99"):
         load_artifact(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# a damaged or edited artifact is refused with one line, never loaded into a different model
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("saved") / "run", ["method=jr", "d=64"])
+
+
+def _copy(run: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest
+
+
+def _edit_config(run: Path, edit) -> None:
+    info = json.loads((run / ADAPTER_CONFIG).read_text())
+    edit(info)
+    (run / ADAPTER_CONFIG).write_text(json.dumps(info))
+
+
+def test_weights_checksum_and_probe_logits_are_recorded(saved_run):
+    from jrft_cli.core.artifact import PROBE_KEY, WEIGHTS_CHECKSUM, file_sha256
+
+    info = read_adapter_config(saved_run)
+    assert info[WEIGHTS_CHECKSUM] == file_sha256(saved_run / ADAPTER_WEIGHTS)
+    assert len(info[PROBE_KEY]) == 2 and len(info[PROBE_KEY][0]) == 2      # two probe inputs x two classes
+    load_artifact(saved_run)                                                 # reproduces them
+
+
+def test_changed_weights_file_fails_its_checksum(saved_run, tmp_path):
+    run = _copy(saved_run, tmp_path / "run")
+    state = load_file(str(run / ADAPTER_WEIGHTS))
+    state["adapter.z"] = state["adapter.z"] + 1.0
+    save_file(state, str(run / ADAPTER_WEIGHTS))
+    with pytest.raises(JrftError, match=r"adapter.safetensors: its SHA-256 differs from the one adapter_config.json "
+                                        r"records .*; restore the run dir's files from a copy, or train the run again"):
+        load_artifact(run)
+
+
+def test_non_finite_weights_are_refused(saved_run, tmp_path):
+    from jrft_cli.core.artifact import WEIGHTS_CHECKSUM
+
+    run = _copy(saved_run, tmp_path / "run")
+    state = load_file(str(run / ADAPTER_WEIGHTS))
+    state["adapter.z"][0] = float("nan")
+    save_file(state, str(run / ADAPTER_WEIGHTS))
+    _edit_config(run, lambda info: info.pop(WEIGHTS_CHECKSUM))          # as an artifact from before the checksum
+    with pytest.raises(JrftError, match=r"adapter.z hold NaN or infinite values"):
+        load_artifact(run)
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "header"), (b"\x00" * 40, "")])
+def test_unreadable_weights_file_is_one_line(saved_run, tmp_path, content, reason):
+    run = _copy(saved_run, tmp_path / "run")
+    (run / ADAPTER_WEIGHTS).write_bytes(content)
+    with pytest.raises(JrftError, match=r"adapter.safetensors is not a readable safetensors file") as err:
+        load_artifact(run)
+    assert "\n" not in str(err.value)
+
+
+def test_one_edited_copy_of_a_duplicated_field_is_refused(saved_run, tmp_path):
+    run = _copy(saved_run, tmp_path / "run")
+    _edit_config(run, lambda info: info["method_config"].update(projection_seed=3))
+    with pytest.raises(JrftError, match=r"adapter_config.json disagrees with itself: projection_seed=0 but "
+                                        r"method_config.projection_seed=3"):
+        load_artifact(run)
+    run2 = _copy(saved_run, tmp_path / "run2")
+    _edit_config(run2, lambda info: info.update(num_labels=3))
+    with pytest.raises(JrftError, match=r"disagrees with itself: num_labels=3 but the task's label count=2"):
+        read_adapter_config(run2)
+
+
+def test_both_copies_edited_is_caught_by_the_probe(saved_run, tmp_path):
+    """Editing the projection seed consistently would regenerate other projections: the rebuilt model's
+    logits on the probe inputs no longer match the recorded ones."""
+    run = _copy(saved_run, tmp_path / "run")
+
+    def edit(info):
+        info["projection_seed"] = 3
+        info["method_config"]["projection_seed"] = 3
+    _edit_config(run, edit)
+    with pytest.raises(JrftError, match=r"the model rebuilt from this artifact does not reproduce the run's outputs"):
+        load_artifact(run)
+
+
+@pytest.mark.parametrize("content", ["", '{"format": "jrft-adapter", ', "[1, 2]"])
+def test_corrupt_adapter_config_is_one_line(saved_run, tmp_path, content):
+    run = _copy(saved_run, tmp_path / "run")
+    (run / ADAPTER_CONFIG).write_text(content)
+    with pytest.raises(JrftError, match=r"adapter_config.json") as err:
+        load_artifact(run)
+    assert "restore the run dir's files" in str(err.value) and "\n" not in str(err.value)

@@ -64,7 +64,7 @@ BAD_INPUT = {   # override -> the one stderr line (a regex)
     "data.dir=/nonexistent": re.escape(
         "jrft: error: data.dir '/nonexistent' does not exist; point data.dir (or JRFT_GLUE_DIR) at a glue_data/ "
         "root, or set data.dir=null to load from the Hugging Face Hub"),
-    # raised after the model has loaded: transformers' progress bar must not come first
+    # the method's typed options, checked before Hydra makes the run dir
     "method.position=ffn": re.escape(
         "jrft: error: method.position='ffn' is not valid; choose one of output, intermediate, attention (method=jr)"),
     # offline with an empty HF cache: the Hub model cannot load

@@ -149,3 +149,93 @@ def test_export_of_a_non_run_dir_is_one_line(tmp_path):
     with pytest.raises(JrftError, match="not a jrft run dir") as e:
         export_run(tmp_path, tmp_path / "out")
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile or careless use: no foreign code runs, nothing that is not an export is deleted
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_deletes_the_run_its_parent_or_other_run_dirs(exports, tmp_path):
+    run, _, _ = exports["minilm/linear"]
+    runs_root = run.parent.parent                       # runs/<family>/<case>: run dirs and their siblings
+    before = _snapshot(runs_root)
+    for out, message in ((run, "holds the run being exported"), (run.parent, "holds the run being exported"),
+                         (runs_root / "roberta", "is not an earlier export")):
+        with pytest.raises(JrftError, match=message) as e:
+            export_run(run, out, overwrite=True)
+        assert "\n" not in str(e.value)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(JrftError, match="is not an earlier export"):
+        export_run(run, tmp_path / "notes", overwrite=True)
+    assert _snapshot(runs_root) == before and (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_an_earlier_export(exports, tmp_path):
+    import shutil
+
+    run, exp, _ = exports["minilm/linear"]
+    out = tmp_path / "export"
+    shutil.copytree(exp, out)
+    (out / "stale.txt").write_text("from an earlier export")
+    export_run(run, out, overwrite=True)
+    assert not (out / "stale.txt").exists() and (out / "jrft_export.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no staging dir left behind
+    (out / "nested").mkdir()
+    (out / "nested" / "results.json").write_text("{}")                          # a run dir inside an export
+    with pytest.raises(JrftError, match="holds run files"):
+        export_run(run, out, overwrite=True)
+    assert (out / "nested" / "results.json").exists()
+
+
+def test_export_records_no_path_of_this_machine(exports, tmp_path_factory):
+    base = str(tmp_path_factory.getbasetemp())
+    for _, exp, _ in exports.values():
+        note = json.loads((exp / "jrft_export.json").read_text())
+        assert note["source_run"] == Path(note["source_run"]).name
+        for p in exp.iterdir():
+            if p.suffix in (".json", ".md", ".py", ".txt"):
+                assert base not in p.read_text(), p
+
+
+def test_jrft_loads_remote_code_exports_with_its_own_class_and_refuses_an_edited_one(exports, tmp_path):
+    import shutil
+
+    from jrft_cli.serving.export import load_export
+    from jrft_cli.serving.export_template import modeling_jrft
+
+    _, exp, remote = exports["minilm/jr-output"]
+    assert remote
+    model, _, _ = load_export(exp)
+    assert type(model) is modeling_jrft.JrftClassifier      # jrft's own module, not the dir's copy
+    tampered = tmp_path / "tampered"
+    shutil.copytree(exp, tampered)
+    marker = tmp_path / "foreign-code-ran"
+    with open(tampered / "modeling_jrft.py", "a") as f:
+        f.write(f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+    with pytest.raises(JrftError, match=r"modeling_jrft.py is not the modeling code this jrft ships") as e:
+        load_export(tampered)
+    assert "\n" not in str(e.value) and not marker.exists()
+    (tampered / "modeling_jrft.py").unlink()
+    with pytest.raises(JrftError, match=r"modeling_jrft.py is not the modeling code this jrft ships"):
+        load_export(tampered)
+
+
+@pytest.mark.parametrize("damage", ["note", "weights", "config"])
+def test_damaged_export_dir_is_one_line(exports, tmp_path, damage):
+    import shutil
+
+    from jrft_cli.serving.export import load_export
+
+    _, exp, _ = exports["minilm/lora-cls"]
+    bad = tmp_path / "bad"
+    shutil.copytree(exp, bad)
+    name = {"note": "jrft_export.json", "weights": "model.safetensors", "config": "config.json"}[damage]
+    (bad / name).write_bytes((bad / name).read_bytes()[:20])
+    with pytest.raises(JrftError, match="export the run again") as e:
+        load_export(bad)
+    assert "\n" not in str(e.value)

@@ -153,3 +153,24 @@ def test_predict_and_evaluate_keep_order_and_mode(make_model, tokenizer, sst2_en
     acc = evaluate(model, sst2_encoded[:10], collate, SST2, 4, CPU)["accuracy"]
     labels = torch.tensor([it["labels"] for it in sst2_encoded[:10]])
     assert acc == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+
+
+def test_a_non_finite_loss_stops_training_before_the_update(make_model, sst2_encoded, tokenizer):
+    """lr=1e20: the first update overflows the shifts, so step 2's loss is NaN; the trainer raises
+    TrainingFailed there (for the recipe to record) instead of stepping on with NaN gradients."""
+    from jrft_cli.core.registry import apply_method
+    from jrft_cli.tasks.glue import make_collate
+    from jrft_cli.training.checkpoint import TrainingFailed
+
+    model = make_model()
+    apply_method(model, "jr", d=64)
+    cfg = LoopConfig(max_steps=4, batch_size=8, lr=1e20, warmup_ratio=0.0, log_every=1)
+    logged = []
+    trainer = Trainer(model, sst2_encoded[:32], {"dev": sst2_encoded[:8]}, make_collate(tokenizer, False),
+                      TaskInfo(False, ["accuracy"], "accuracy"), cfg, torch.device("cpu"), on_metrics=logged.append)
+    with pytest.raises(TrainingFailed, match=r"^the training loss is nan \(the run diverged") as err:
+        trainer.run()
+    assert err.value.step == 2 and trainer.step == 1
+    assert [r["step"] for r in logged] == [1] and math.isfinite(logged[0]["train/loss"])
+    z = model.adapter.z.detach().clone()
+    assert torch.isfinite(z).all()          # the update that would have used NaN gradients did not happen

@@ -12,7 +12,7 @@ from jrft_cli.core.errors import JrftError
 from jrft_cli.dp.accounting import epsilon_for
 from jrft_cli.dp.plan import PrivacyPlan
 from jrft_cli.tasks.evaluation import loss_fn
-from jrft_cli.training.checkpoint import TrainingInterrupted
+from jrft_cli.training.checkpoint import TrainingFailed, TrainingInterrupted
 from jrft_cli.training.loop import LoopConfig
 from jrft_cli.training.private_loop import PrivateTrainer
 from private_helpers import MASK, TASK, build, collate, tiny_data, tiny_roberta  # noqa: F401 (a fixture)
@@ -62,6 +62,18 @@ def test_noise_only_step_on_an_empty_batch_and_division_by_expected_size(tiny_ro
     assert size == 0 and loss == 0.0 and trainer.accountant.steps == 1
     # pure noise: std sigma*C / (q*N); with q*N = 4e-8 that is enormous, and the step happened
     assert seen["grad"].abs().max() > 1e6 and not torch.equal(head, model.head.weight)
+
+
+def test_a_non_finite_loss_stops_the_private_run_before_the_update_and_the_accounting(tiny_roberta):
+    model = build(tiny_roberta, MASK, "jr", d=8)
+    trainer = make_trainer(model, "jr", steps=3)
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")      # every logit of class 0 becomes NaN
+    z = model.adapter.z.detach().clone()
+    with pytest.raises(TrainingFailed, match=r"^the training loss is nan \(the run diverged") as err:
+        trainer.run()
+    assert err.value.step == 1
+    assert torch.equal(model.adapter.z, z) and trainer.accountant.steps == 0
 
 
 def test_state_round_trip_continues_identically(tiny_roberta):

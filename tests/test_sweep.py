@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jrft_cli.reporting.sweep import SUMMARY_JSON, SUMMARY_MD, run_status, summarize
+from jrft_cli.reporting.sweep import (SUMMARY_JSON, SUMMARY_MD, clear_failure, record_failure, run_status, summarize,
+                                      write_summary)
 
 from conftest import needs_glue, run_jrft
 
@@ -29,6 +30,41 @@ def test_summarize_reads_each_jobs_status_from_its_run_dir(tmp_path):
     assert rows[0]["dir"] == "0_rte_jr_s0" and rows[0]["dev"] == 0.75 and rows[3]["dir"] is None
     assert summarize(tmp_path, jobs, finished=False)[2]["status"] == "running"
     assert run_status(None) == "missing"
+
+
+def test_failed_jobs_carry_their_error(tmp_path):
+    failed = json.dumps({"status": "failed", "error": "training failed at step 3: loss is nan"})
+    _job(tmp_path, "0_rte_jr_s0", ["task=rte", "seed=0"], {"results.json": failed})
+    _job(tmp_path, "1_rte_jr_s1", ["task=rte", "seed=1"], {"results.json": '{"status": "comp'})
+    # job 2 failed on its config: its run dir is gone, the callback kept its error
+    record_failure(tmp_path, ["seed=2", "task=rte"], "train.lr=-1 is not valid; it must be > 0")
+    jobs = [["task=rte", f"seed={s}"] for s in range(4)]
+    rows = write_summary(tmp_path, jobs)
+    assert [r["status"] for r in rows] == ["failed", "failed", "failed", "missing"]
+    assert rows[0]["error"] == "training failed at step 3: loss is nan"
+    assert "results.json is unreadable" in rows[1]["error"]
+    assert rows[2]["error"] == "train.lr=-1 is not valid; it must be > 0" and rows[2]["dir"] is None
+    assert "error" not in rows[3]
+    assert "| failed: train.lr=-1 is not valid; it must be > 0 |" in (tmp_path / SUMMARY_MD).read_text()
+    clear_failure(tmp_path, ["task=rte", "seed=2"])      # the job runs again
+    assert summarize(tmp_path, jobs)[2]["status"] == "missing"
+    (tmp_path / "1_rte_jr_s1" / ".hydra" / "overrides.yaml").write_text("- [unclosed")   # a damaged record
+    assert [r["status"] for r in summarize(tmp_path, jobs)] == ["failed", "missing", "missing", "missing"]
+
+
+def test_a_job_failing_on_its_config_is_failed_with_its_error(tmp_path):
+    """Both jobs are refused by their config (no training): the sweep exits non-zero, leaves no run dir,
+    and its summary lists each job as failed with the one-line error."""
+    sweep = tmp_path / "sweep"
+    proc = run_jrft("train", "-m", "train.warmup_ratio=2,-1", "logger=none", "hardware=cpu", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    jobs = json.loads((sweep / SUMMARY_JSON).read_text())["jobs"]
+    assert [(j["status"], j["dir"]) for j in jobs] == [("failed", None), ("failed", None)]
+    assert jobs[0]["error"] == "train.warmup_ratio=2 is not valid; it must be in [0, 1)"
+    assert jobs[1]["error"] == "train.warmup_ratio=-1 is not valid; it must be in [0, 1)"
+    assert sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".")) == [
+        "multirun.yaml", SUMMARY_JSON, SUMMARY_MD]
 
 
 @needs_glue("RTE")

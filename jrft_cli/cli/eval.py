@@ -58,18 +58,24 @@ def main(argv: list[str]) -> int:
         batch_size = _positive_int("batch_size", opts.get("batch_size")) or 64
         from jrft_cli.serving.inference import evaluate_target, load_target
 
+        from jrft_cli.cli import check_output_path
+
+        check_output_path(Path(opts["out"]) if opts.get("out") else None, "out=")
         target = load_target(argv[0], opts.get("task"))
         split = opts.get("split") or target.task["eval_splits"][0]["name"]
         metrics, n = evaluate_target(target, split, opts.get("data.dir") or None, limit, batch_size)
+        record: dict[str, Any] = {"target": str(target.path), "kind": target.kind, "task": target.task["name"],
+                                  "split": split, "examples": n, "metrics": metrics}
+        out = Path(opts["out"]) if opts.get("out") else target.path / f"eval_{split}.json"
+        from jrft_cli.core.files import write_json_atomic
+
+        try:
+            write_json_atomic(out, record)
+        except OSError as e:
+            raise JrftError(f"out={str(out)!r} cannot be written ({e.strerror or e})") from None
     except JrftError as e:
         print(f"jrft eval: error: {e}", file=sys.stderr)
         return 2
-    record: dict[str, Any] = {"target": str(target.path), "kind": target.kind, "task": target.task["name"],
-                              "split": split, "examples": n, "metrics": metrics}
-    out = Path(opts["out"]) if opts.get("out") else target.path / f"eval_{split}.json"
-    from jrft_cli.core.files import write_json_atomic
-
-    write_json_atomic(out, record)
     shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"{target.task['name']} {split} ({n} examples): {shown}")
     print(f"jrft eval: wrote {out}", file=sys.stderr)

@@ -38,19 +38,32 @@ class SweepSummary(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep.write_summary(sweep_dir, expand_sweep(config), finished=False)
 
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        if not _is_multirun(config):
+            return
+        try:
+            sweep.clear_failure(Path(str(config.hydra.sweep.dir)), list(config.hydra.overrides.task))
+        except OSError:
+            pass
+
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         if not _is_multirun(config):
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        jobs = sweep.read_jobs(sweep_dir)
-        if jobs is None:
-            return
         from hydra.core.utils import JobStatus
 
-        known = {int(config.hydra.job.num): "failed"} if job_return.status == JobStatus.FAILED else None
+        known = None
         try:
-            sweep.write_summary(sweep_dir, jobs, finished=False, known=known)
-        except OSError:
+            if job_return.status == JobStatus.FAILED:
+                # the job's exception (its return_value property would re-raise it)
+                error = getattr(job_return, "_return_value", None)
+                sweep.record_failure(sweep_dir, list(config.hydra.overrides.task),
+                                     str(error) or type(error).__name__)
+                known = {int(config.hydra.job.num): "failed"}
+            jobs = sweep.read_jobs(sweep_dir)
+            if jobs is not None:
+                sweep.write_summary(sweep_dir, jobs, finished=False, known=known)
+        except (OSError, ValueError):
             pass  # a summary is a convenience; never fail a job over it
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jrft_cli.cli import OneLineParser, write_output
+from jrft_cli.cli import OneLineParser, check_output_path, write_output
 
 HELP = "labels and scores for text lines (or TSV pairs) from a file or stdin"
 
@@ -24,6 +24,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def read_lines(source: str) -> list[str]:
+    """Text lines from a file or stdin ('-'); input that is not UTF-8 text is one JrftError."""
+    from jrft_cli.core.errors import JrftError
+
+    where = "stdin" if source == "-" else f"--input {source!r}"
+    if source != "-" and not Path(source).is_file():
+        raise JrftError(f"--input {source!r} is not a file; pass a text file or '-' for stdin")
+    try:
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)   # bytes from a real stdin; text from a test's StringIO
+        data = stdin.read() if source == "-" else Path(source).read_bytes()
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as e:
+        raise JrftError(f"{where} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
+                        f"pass text lines (or text1<TAB>text2 pairs)") from None
+    if "\x00" in text:
+        raise JrftError(f"{where} holds NUL bytes, so it is not text; pass text lines (or text1<TAB>text2 pairs)")
+    return text.splitlines()
+
+
 def main(argv: list[str]) -> int:
     from jrft_cli.core.errors import JrftError
 
@@ -34,27 +53,22 @@ def main(argv: list[str]) -> int:
         from jrft_cli.serving.inference import load_target, parse_rows, predict_rows, target_task
 
         target_task(args.target)   # a bad target fails before stdin is read
-        if args.input == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            path = Path(args.input)
-            if not path.is_file():
-                raise JrftError(f"--input {args.input!r} is not a file; pass a text file or '-' for stdin")
-            lines = path.read_text(encoding="utf-8").splitlines()
+        check_output_path(args.out)
+        lines = read_lines(args.input)
         import torch
 
         torch.set_num_threads(min(torch.get_num_threads(), 4))
         target = load_target(args.target)
         records = predict_rows(target, parse_rows(lines, target.task), args.batch_size)
+        regression = target.task["is_regression"]
+        header = ["label", "score"] + ([] if regression else target.label_names)
+        rows = ["\t".join(header)]
+        for r in records:
+            cells = [str(r["label"]), f"{r['score']:.6f}"] + [f"{p:.6f}" for p in r.get("probs", [])]
+            rows.append("\t".join(cells))
+        text = "\n".join(rows) + "\n"
+        write_output(text, args.out, f"jrft predict: wrote {len(records)} predictions to {args.out}")
     except JrftError as e:
         print(f"jrft predict: error: {e}", file=sys.stderr)
         return 2
-    regression = target.task["is_regression"]
-    header = ["label", "score"] + ([] if regression else target.label_names)
-    rows = ["\t".join(header)]
-    for r in records:
-        cells = [str(r["label"]), f"{r['score']:.6f}"] + [f"{p:.6f}" for p in r.get("probs", [])]
-        rows.append("\t".join(cells))
-    text = "\n".join(rows) + "\n"
-    write_output(text, args.out, f"jrft predict: wrote {len(records)} predictions to {args.out}")
     return 0

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jrft_cli.cli import write_output
+from jrft_cli.cli import OneLineParser, write_output
 
 HELP = "paper-style tables (md/latex/csv) and plots from run directories"
 
@@ -13,7 +13,7 @@ HELP = "paper-style tables (md/latex/csv) and plots from run directories"
 def parser() -> argparse.ArgumentParser:
     from jrft_cli.reporting.table import FORMATS, SNAPSHOTS
 
-    p = argparse.ArgumentParser(prog="jrft table", description=HELP)
+    p = OneLineParser(prog="jrft table", description=HELP)
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="run dirs, sweep dirs or any folders (searched recursively for results.json)")
     p.add_argument("--format", default="md", choices=FORMATS, help="output format (default: md)")
@@ -27,9 +27,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from jrft_cli.cli import check_output_path
+    from jrft_cli.core.errors import JrftError
     from jrft_cli.reporting.table import build_tables, collect, plot, render
 
     args = parser().parse_args(argv)
+    try:
+        check_output_path(args.out)
+        if args.plot is not None and args.plot.exists() and not args.plot.is_dir():
+            raise JrftError(f"--plot {str(args.plot)!r} is a file; give a directory for the PNG plots")
+    except JrftError as e:
+        print(f"jrft table: error: {e}", file=sys.stderr)
+        return 2
     runs, skipped = collect(args.paths)
     for path, reason in skipped:
         print(f"jrft table: skipped {path}: {reason}", file=sys.stderr)
@@ -40,7 +49,11 @@ def main(argv: list[str]) -> int:
         print(f"jrft table: no completed runs{what} under: {' '.join(args.paths)}", file=sys.stderr)
         return 1
     text = render(tables, args.format)
-    write_output(text, args.out, f"jrft table: wrote {args.out}")
+    try:
+        write_output(text, args.out, f"jrft table: wrote {args.out}")
+    except JrftError as e:
+        print(f"jrft table: error: {e}", file=sys.stderr)
+        return 2
     if args.plot:
         for path in plot(runs, args.plot, args.snapshot, metric_name):
             print(f"jrft table: wrote {path}", file=sys.stderr)

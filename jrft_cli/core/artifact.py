@@ -10,8 +10,8 @@ library's `save_adapter` (an adapter alone, for `load_adapter` onto a bare backb
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,14 @@ from jrft_cli import __version__
 from jrft_cli.core.backbone import SequenceClassifier, count_parameters, load_tokenizer, model_id
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.heads import MASK_FORMAT_HEADS
-from jrft_cli.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, write_json_atomic
+from jrft_cli.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, read_json_file, write_json_atomic
 from jrft_cli.core.options import option_names
 from jrft_cli.core.registry import method_spec, spec_for_options
 
 FORMAT = "jrft-adapter"
 FORMAT_VERSION = 1
+# adapter_config.json's record of adapter.safetensors' SHA-256, checked on load (absent in older artifacts).
+WEIGHTS_CHECKSUM = "weights_sha256"
 
 
 def _package_version(name: str) -> str | None:
@@ -89,15 +91,61 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
         "trainable_params": trainable,
         "small_state": spec.small_state,
         "jrft_version": __version__,
+        PROBE_KEY: probe_logits(model, probe_batch(tokenizer, head in MASK_FORMAT_HEADS,
+                                                   len(task["tsv"]["text_fields"]) > 1)),
     }
 
 
+# adapter_config.json's record of the trained model's logits on two fixed probe inputs: a model rebuilt
+# from the artifact must reproduce them, so an edit that changes the model (both copies of a projection
+# seed, another base model) is refused instead of silently predicting something else.
+PROBE_KEY = "probe_logits"
+PROBE_TOL = 1e-3   # absolute and relative, on logits: far above float noise across devices, far below any real change
+
+
+def probe_batch(tokenizer: Any, mask_format: bool, pair: bool) -> dict[str, torch.Tensor]:
+    """Two fixed inputs in the run's input format (the mask token appended for mask heads; pairs for pair tasks)."""
+    mask = f" {tokenizer.mask_token}" if mask_format else ""
+    firsts = ["a short probe sentence" + mask, "another, somewhat longer probe sentence for the check" + mask]
+    seconds = ["and its second part", "second"] if pair else None
+    return dict(tokenizer(firsts, seconds, padding=True, return_tensors="pt"))
+
+
+@torch.no_grad()
+def probe_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[list[float]]:
+    """The model's logits on `batch` (eval mode, fp32), as plain lists."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits = model(**{k: v.to(device) for k, v in batch.items()})
+    model.train(was_training)
+    return logits.float().cpu().tolist()
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_pair(path: Path, state: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """adapter.safetensors, then adapter_config.json recording the weights file's checksum."""
+    path.mkdir(parents=True, exist_ok=True)
+    bad = [n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise JrftError(f"{path}: refusing to save non-finite weights ({', '.join(bad[:3])})")
+    weights = path / ADAPTER_WEIGHTS
+    save_file(state, str(weights))
+    write_json_atomic(path / ADAPTER_CONFIG, {**info, WEIGHTS_CHECKSUM: file_sha256(weights)})
+
+
 def save_artifact(model: nn.Module, run_dir: Path, info: dict[str, Any]) -> None:
-    """Write adapter.safetensors (the trained parameters) and adapter_config.json (`info`) into `run_dir`."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), str(run_dir / ADAPTER_WEIGHTS))
-    write_json_atomic(run_dir / ADAPTER_CONFIG, info)
+    """Write adapter.safetensors (the trained parameters) and adapter_config.json (`info`, plus the
+    weights file's SHA-256) into `run_dir`."""
+    _write_pair(Path(run_dir), trainable_state(model), info)
 
 
 @dataclass
@@ -114,16 +162,72 @@ def is_run_dir(path: Path) -> bool:
 
 
 def read_adapter_config(run_dir: Path) -> dict[str, Any]:
-    """adapter_config.json, checked for the format this jrft reads."""
+    """adapter_config.json, checked for the format this jrft reads and for agreement between the
+    fields it records twice; a corrupt or edited file is one JrftError naming it."""
     path = Path(run_dir) / ADAPTER_CONFIG
     if not path.is_file():
         raise JrftError(f"{str(run_dir)!r} is not a jrft run dir: no {ADAPTER_CONFIG} "
                         f"(train with run.save_trainable=true, or pass an export dir)")
-    info = json.loads(path.read_text())
+    info = read_json_file(path, ADAPTER_CONFIG, RESTORE)
+    if not isinstance(info, dict):
+        raise JrftError(f"{path}: {ADAPTER_CONFIG} is not a JSON object; {RESTORE}")
     if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
         raise JrftError(f"{path}: format {info.get('format')!r} version {info.get('format_version')!r} is not "
                         f"readable; this jrft reads {FORMAT!r} version {FORMAT_VERSION}")
+    _check_agreement(path, info)
     return info
+
+
+# What to do about a damaged artifact file.
+RESTORE = "restore the run dir's files from a copy, or train the run again"
+
+
+def _check_agreement(path: Path, info: dict[str, Any]) -> None:
+    """Fields adapter_config.json records twice (top level and method_config / task_config) must agree:
+    an edit to one copy (e.g. method_config.projection_seed) would silently change the model."""
+    required = ("method", "method_config") + (RUN_KEYS if "task_config" in info else ())
+    missing = [k for k in required if k not in info]
+    if missing:
+        raise JrftError(f"{path}: {ADAPTER_CONFIG} lacks {missing[0]!r}; {RESTORE}")
+    method_config = info["method_config"]
+    if not isinstance(method_config, dict):
+        raise JrftError(f"{path}: method_config is not a mapping; {RESTORE}")
+    pairs = [("method", info["method"], "method_config.name", method_config.get("name", info["method"]))]
+    options = spec = None
+    try:
+        spec = method_spec(info["method"])
+        options = spec.options_dict(_options_of(info))
+    except JrftError as e:
+        raise JrftError(f"{path}: {e}") from None
+    for key in OPTION_COPIES:
+        if info.get(key) is not None or key in info and key in options:
+            pairs.append((key, info.get(key), f"method_config.{key}", options.get(key)))
+    if "task_config" in info:
+        task = info["task_config"]
+        if not isinstance(task, dict):
+            raise JrftError(f"{path}: task_config is not a mapping; {RESTORE}")
+        regression = task.get("is_regression")
+        num_labels = 1 if regression else len(task.get("labels") or [])
+        head = method_config.get("head", "mask")
+        pairs += [
+            ("task", info["task"], "task_config.name", task.get("name")),
+            ("is_regression", info["is_regression"], "task_config.is_regression", regression),
+            ("num_labels", info["num_labels"], "the task's label count", num_labels),
+            ("label_names", info.get("label_names"), "task_config.label_names", task.get("label_names")),
+            ("head", info["head"], "method_config.head", head),
+            ("mask_format", info["mask_format"], "the head's input format", head in MASK_FORMAT_HEADS),
+        ]
+    for key, top, other, copy in pairs:
+        if top != copy:
+            raise JrftError(f"{path}: {ADAPTER_CONFIG} disagrees with itself: {key}={top!r} but {other}={copy!r} "
+                            f"(the file was edited or damaged); {RESTORE}")
+
+
+# Top-level copies of method options in a run's adapter_config.json.
+OPTION_COPIES = ("d", "position", "projection", "projection_seed", "z_init")
+# What a run artifact (as opposed to a library adapter) must hold.
+RUN_KEYS = ("task", "task_config", "num_labels", "is_regression", "head", "mask_format", "mask_token_id",
+            "base_model", "max_length", "seed")
 
 
 def _options_of(info: dict[str, Any]) -> Any:
@@ -137,9 +241,15 @@ def _options_of(info: dict[str, Any]) -> Any:
         raise JrftError(f"{ADAPTER_CONFIG}: method_config is not valid for {info['method']!r} ({e})") from None
 
 
-def _load_state(model: nn.Module, weights: Path, method: str, keys: set[str] | None = None) -> None:
-    """Copy the tensors of `weights` into `model`'s trainable parameters (all of them must be there)."""
-    state = load_file(str(weights))
+def _load_state(model: nn.Module, weights: Path, method: str, keys: set[str] | None = None,
+                checksum: str | None = None) -> None:
+    """Copy the tensors of `weights` into `model`'s trainable parameters (all of them must be there);
+    the file must match `checksum` (adapter_config.json's record, when it has one) and hold finite values."""
+    try:
+        state = load_file(str(weights))
+    except Exception as e:   # safetensors raises its own SafetensorError (and OSError) for a damaged file
+        reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise JrftError(f"{weights} is not a readable safetensors file ({reason[:160]}); {RESTORE}") from None
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if keys is not None:
         state = {k: v for k, v in state.items() if k in keys}
@@ -152,6 +262,13 @@ def _load_state(model: nn.Module, weights: Path, method: str, keys: set[str] | N
         if params[name].shape != value.shape:
             raise JrftError(f"{weights}: {name} has shape {tuple(value.shape)}, the model expects "
                             f"{tuple(params[name].shape)}")
+    if checksum is not None and file_sha256(weights) != checksum:
+        raise JrftError(f"{weights}: its SHA-256 differs from the one {ADAPTER_CONFIG} records (the file changed "
+                        f"since it was saved); {RESTORE}")
+    bad = [n for n, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise JrftError(f"{weights}: {', '.join(bad[:3])} hold NaN or infinite values; such weights give no "
+                        f"meaningful output (train the run again)")
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
@@ -184,11 +301,31 @@ def load_artifact(run_dir: Path) -> LoadedRun:
     if info.get("prompt_token_id") is not None and model.adapter.prompt_token_id != info["prompt_token_id"]:
         raise JrftError(f"jr_warp prompt token id {model.adapter.prompt_token_id} differs from the run's "
                         f"{info['prompt_token_id']}")
-    _load_state(model, weights, info["method"])
+    _load_state(model, weights, info["method"], checksum=info.get(WEIGHTS_CHECKSUM))
     model.eval()
+    if info.get(PROBE_KEY) is not None:
+        _check_probe(run_dir, model, tokenizer, info)
     config_path = run_dir / CONFIG_FILE
-    run_config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+    run_config = None
+    if config_path.is_file():
+        try:
+            run_config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            run_config = None   # only its data.dir is read, as a default; the artifact itself is complete
+        if not isinstance(run_config, dict):
+            run_config = None
     return LoadedRun(model, tokenizer, info, run_config)
+
+
+def _check_probe(run_dir: Path, model: nn.Module, tokenizer: Any, info: dict[str, Any]) -> None:
+    want = torch.tensor(info[PROBE_KEY], dtype=torch.float32)
+    got = torch.tensor(probe_logits(model, probe_batch(tokenizer, info["mask_format"],
+                                                       len(info["task_config"]["tsv"]["text_fields"]) > 1)))
+    if want.shape != got.shape or not torch.allclose(got, want, atol=PROBE_TOL, rtol=PROBE_TOL):
+        diff = float((got - want).abs().max()) if want.shape == got.shape else float("inf")
+        raise JrftError(f"{Path(run_dir) / ADAPTER_CONFIG}: the model rebuilt from this artifact does not reproduce "
+                        f"the run's outputs (max |logit diff| {diff:.3g} > {PROBE_TOL}): the file's settings or the "
+                        f"base model {info['base_model']['name']!r} changed since training; {RESTORE}")
 
 
 # ---------------------------------------------------------------- the library's adapter files
@@ -209,10 +346,7 @@ def save_adapter(adapter: nn.Module, path: Path, backbone: nn.Module | None = No
         "small_state": True,
         "jrft_version": __version__,
     }
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({"adapter.z": adapter.z.detach().cpu().contiguous()}, str(path / ADAPTER_WEIGHTS))
-    write_json_atomic(path / ADAPTER_CONFIG, info)
+    _write_pair(Path(path), {"adapter.z": adapter.z.detach().cpu().contiguous()}, info)
 
 
 def load_adapter(backbone: nn.Module, path: Path) -> nn.Module:
@@ -226,7 +360,8 @@ def load_adapter(backbone: nn.Module, path: Path) -> nn.Module:
     adapter = spec.attach(backbone, _options_of(info))
     holder = nn.Module()
     holder.adapter = adapter
-    _load_state(holder, path / ADAPTER_WEIGHTS, info["method"], keys={"adapter.z"})
+    _load_state(holder, path / ADAPTER_WEIGHTS, info["method"], keys={"adapter.z"},
+                checksum=info.get(WEIGHTS_CHECKSUM))
     return adapter
 
 

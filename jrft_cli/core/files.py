@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Callable
 
 import torch
 from safetensors.torch import save_file
+
+from jrft_cli.core.errors import JrftError
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
@@ -20,6 +24,7 @@ CONFIG_FILE = "config.yaml"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".jrft.lock"
 
 
 def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
@@ -78,8 +83,84 @@ def save_trainable(model: torch.nn.Module, run_dir: Path, config: dict[str, Any]
     write_json_atomic(run_dir / ADAPTER_CONFIG, config)
 
 
+def read_json_file(path: Path, what: str, advice: str) -> Any:
+    """A JSON file jrft wrote, or one JrftError naming the file, what is wrong and `advice` (what to
+    do) when it is unreadable, empty or not JSON."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise ValueError("the file is empty")
+        return json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:   # JSONDecodeError is a ValueError
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise JrftError(f"{path}: {what} is unreadable ({reason}); {advice}") from None
+
+
 def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """results.json of a run dir (None without one); a corrupt one is a JrftError saying what to do."""
     path = Path(run_dir) / RESULTS_FILE
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    results = read_json_file(path, RESULTS_FILE, "delete it to train this run dir again")
+    if not isinstance(results, dict):
+        raise JrftError(f"{path}: {RESULTS_FILE} is not a JSON object; delete it to train this run dir again")
+    return results
+
+
+class RunDirBusy(JrftError):
+    """Another live process holds the run dir's lock (see `RunDirLock`)."""
+
+
+class RunDirLock:
+    """One writer per run dir: an exclusive `flock` on `<run dir>/.jrft.lock`, held for the run's life.
+
+    The kernel drops the lock when its process ends, however it ends (kill -9 included), so a lock
+    left by a dead process never blocks a relaunch; the file's text (pid, host, start time) only
+    names the holder in the error. The file stays in the run dir (removing it would race a waiter).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> "RunDirLock":
+        """Take the lock (creating the run dir); RunDirBusy when another live process holds it."""
+        lock = cls(run_dir)
+        if not lock.try_acquire():
+            raise RunDirBusy(f"run dir {run_dir} is in use by another jrft process ({lock.holder()}); wait for "
+                             f"it to end, or use another hydra.run.dir / hydra.sweep.dir")
+        return lock
+
+    def try_acquire(self) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def record_holder(self) -> None:
+        """Write who holds the lock into the file (named in a second writer's error). Called once the
+        run is accepted, so a refused or skipped relaunch leaves the run dir's files untouched."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                                f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "its pid not yet recorded"
+        except OSError:
+            return "its pid unknown"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)   # closing the descriptor drops the flock
+            self._fd = None

@@ -134,6 +134,8 @@ def _problem(run) -> str | None:
     """Why a parsed results.json cannot enter a table, or None when it can."""
     if not isinstance(run, dict):
         return "not a JSON object"
+    if run.get("status") == "failed":
+        return f"the run failed ({run.get('error') or 'no error recorded'}); it is not averaged in"
     missing = [k for k in REQUIRED_KEYS if k not in run]
     if "method_label" not in run and "method" not in run:
         missing.append("method_label")

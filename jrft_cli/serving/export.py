@@ -14,8 +14,9 @@ Every export also holds the tokenizer and `jrft_export.json` (task, labels, inpu
 from __future__ import annotations
 
 import copy
-import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ import torch
 from torch import nn
 
 from jrft_cli import __version__
-from jrft_cli.core.artifact import LoadedRun, load_artifact
+from jrft_cli.core.artifact import LoadedRun, file_sha256, load_artifact, probe_batch
 from jrft_cli.core.backbone import SequenceClassifier
 from jrft_cli.core.errors import JrftError
-from jrft_cli.core.files import write_json_atomic
+from jrft_cli.core.files import (ADAPTER_CONFIG, CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE, read_json_file,
+                                 write_json_atomic)
 from jrft_cli.core.registry import method_spec
 
 EXPORT_NOTE = "jrft_export.json"
@@ -99,18 +101,41 @@ class ExportResult:
 
 
 def _probe_inputs(tokenizer: Any, info: dict[str, Any]) -> dict[str, torch.Tensor]:
-    mask = f" {info['mask_token']}" if info["mask_format"] else ""
-    firsts = ["a short probe sentence" + mask, "another, somewhat longer probe sentence for the check" + mask]
-    pair = len(info["task_config"]["tsv"]["text_fields"]) > 1
-    seconds = ["and its second part", "second"] if pair else None
-    return dict(tokenizer(firsts, seconds, padding=True, return_tensors="pt"))
+    return probe_batch(tokenizer, info["mask_format"], len(info["task_config"]["tsv"]["text_fields"]) > 1)
+
+
+def check_out_dir(run_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """`--out` may be a new or empty directory, or with `overwrite` an earlier export; never the run
+    being exported, a directory above it, or one holding run dirs (their results would be deleted)."""
+    run_r, out_r = Path(run_dir).resolve(), Path(out_dir).resolve()
+    if out_r == run_r or out_r in run_r.parents:
+        raise JrftError(f"--out {str(out_dir)!r} holds the run being exported ({run_dir}); choose a directory outside it")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise JrftError(f"--out {str(out_dir)!r} is a file; choose a directory")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise JrftError(f"--out {str(out_dir)!r} exists and is not empty; choose a new directory or pass --overwrite")
+    if not is_export_dir(out_dir):
+        raise JrftError(f"--out {str(out_dir)!r} is not an earlier export (no {EXPORT_NOTE}); --overwrite only replaces "
+                        f"an export dir, so choose a new directory")
+    runs = [p for p in out_dir.rglob("*") if p.name in RUN_FILES]
+    if runs:
+        raise JrftError(f"--out {str(out_dir)!r} holds run files ({runs[0]}); --overwrite would delete them, so choose "
+                        f"a new directory")
+
+
+# Files of a run dir: an export dir never holds them, so a directory that does is never overwritten.
+RUN_FILES = (ADAPTER_CONFIG, RESULTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
 
 
 def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify: bool = True) -> ExportResult:
-    """Export the run in `run_dir` into `out_dir` (see the module docstring)."""
+    """Export the run in `run_dir` into `out_dir` (see the module docstring). The export is written
+    next to `out_dir` and moved into place when complete, so a failure leaves an earlier export intact."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise JrftError(f"--out {str(out_dir)!r} exists and is not empty; choose a new directory or pass --overwrite")
+    check_out_dir(Path(run_dir), out_dir, overwrite)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -144,17 +169,32 @@ def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify:
         if not diff <= VERIFY_TOL:
             raise JrftError(f"export check failed: logits differ from the run's model by {diff:.3g} (> {VERIFY_TOL})")
 
-    if out_dir.exists() and overwrite:
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    exported.save_pretrained(str(out_dir))
-    if remote:
-        shutil.copyfile(TEMPLATE, out_dir / MODELING_FILE)
-    loaded.tokenizer.save_pretrained(str(out_dir))
-    note = export_note(info, remote, Path(run_dir))
-    write_json_atomic(out_dir / EXPORT_NOTE, note)
-    (out_dir / "README.md").write_text(readme(note))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.export-"))
+    try:
+        exported.save_pretrained(str(staging))
+        if remote:
+            shutil.copyfile(TEMPLATE, staging / MODELING_FILE)
+        loaded.tokenizer.save_pretrained(str(staging))
+        note = export_note(info, remote, Path(run_dir))
+        write_json_atomic(staging / EXPORT_NOTE, note)
+        (staging / "README.md").write_text(readme(note))
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return ExportResult(out_dir, remote, diff)
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Replace `out_dir` (absent, empty, or an earlier export checked by `check_out_dir`) by `staging`."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_note(info: dict[str, Any], remote: bool, run_dir: Path) -> dict[str, Any]:
@@ -180,14 +220,22 @@ def export_note(info: dict[str, Any], remote: bool, run_dir: Path) -> dict[str, 
         "num_labels": info["num_labels"],
         "is_regression": info["is_regression"],
         "label_names": info["label_names"],
-        "base_model": info["base_model"],
+        "base_model": _portable_base_model(info["base_model"]),
         "d": info.get("d"),
         "position": info.get("position"),
         "projection": info.get("projection"),
         "seed": info["seed"],
-        "source_run": str(run_dir.resolve()),
+        "source_run": run_dir.resolve().name,   # its name only: no path of this machine goes into an export
         "jrft_version": __version__,
     }
+
+
+def _portable_base_model(base: dict[str, Any]) -> dict[str, Any]:
+    """The base model record without a local path: a model loaded from a directory keeps its name only."""
+    name = base.get("name")
+    if isinstance(name, str) and os.path.isabs(os.path.expanduser(name)):
+        return {**base, "name": Path(name).name}
+    return base
 
 
 def readme(note: dict[str, Any]) -> str:
@@ -214,14 +262,50 @@ def is_export_dir(path: Path) -> bool:
     return (Path(path) / EXPORT_NOTE).is_file()
 
 
+def read_export_note(path: Path) -> dict[str, Any]:
+    """jrft_export.json of an export dir, checked; a corrupt one is one JrftError naming it."""
+    note_path = Path(path) / EXPORT_NOTE
+    note = read_json_file(note_path, EXPORT_NOTE, REEXPORT)
+    missing = [k for k in NOTE_KEYS if not isinstance(note, dict) or k not in note]
+    if missing:
+        raise JrftError(f"{note_path}: {EXPORT_NOTE} lacks {missing[0]!r}; {REEXPORT}")
+    if note.get("format") != "jrft-export" or not isinstance(note["remote_code"], bool):
+        raise JrftError(f"{note_path}: not a jrft export note (format {note.get('format')!r}); {REEXPORT}")
+    return note
+
+
+NOTE_KEYS = ("format", "remote_code", "mask_format", "max_length", "task_config", "num_labels", "is_regression")
+REEXPORT = "export the run again (jrft export RUN_DIR --out DIR)"
+
+
 def load_export(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """(model, tokenizer, note) of an export dir, loaded through transformers' Auto classes."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(model, tokenizer, note) of an export dir. jrft runs only the code it ships: a remote-code export
+    loads through jrft's own copy of the modeling class, and only when the dir's `modeling_jrft.py` is
+    byte-identical to it (an edited one is refused; it would run for plain transformers users with
+    trust_remote_code=True); a plain checkpoint loads with trust_remote_code=False."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     path = Path(path)
-    note = json.loads((path / EXPORT_NOTE).read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=bool(note["remote_code"]))
-    return model.eval(), AutoTokenizer.from_pretrained(str(path)), note
+    note = read_export_note(path)
+    if note["remote_code"]:
+        modeling = path / MODELING_FILE
+        if not modeling.is_file() or file_sha256(modeling) != file_sha256(TEMPLATE):
+            raise JrftError(f"{modeling} is not the modeling code this jrft ships (it was edited, replaced or removed); "
+                            f"jrft runs no code from an export dir: {REEXPORT}")
+    try:
+        if note["remote_code"]:
+            from jrft_cli.serving.export_template.modeling_jrft import JrftClassifier
+
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+            model = JrftClassifier.from_pretrained(str(path), config=config)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as e:   # transformers and safetensors raise many types for a damaged checkpoint
+        reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise JrftError(f"export dir {str(path)!r} cannot be loaded ({type(e).__name__}: {reason[:160]}); "
+                        f"{REEXPORT}") from None
+    return model.eval(), tokenizer, note

@@ -46,17 +46,15 @@ class Target:
 def target_task(path: str | Path) -> dict[str, Any]:
     """The task config a target was trained on, read from its JSON (no model loaded).
     A path that is neither a run dir nor an export dir is a one-line error."""
-    import json
-
     from jrft_cli.core.artifact import is_run_dir, read_adapter_config
-    from jrft_cli.serving.export import EXPORT_NOTE, is_export_dir
+    from jrft_cli.serving.export import is_export_dir, read_export_note
 
     path = Path(path)
     if not path.exists():
         raise JrftError(f"target {str(path)!r} does not exist; pass a run dir (with adapter_config.json) "
                         f"or an export dir (with jrft_export.json)")
     if is_export_dir(path):
-        return json.loads((path / EXPORT_NOTE).read_text())["task_config"]
+        return read_export_note(path)["task_config"]
     if is_run_dir(path):
         return read_adapter_config(path)["task_config"]
     raise JrftError(f"target {str(path)!r} is neither a jrft run dir (no adapter_config.json) nor an export dir "
@@ -74,11 +72,22 @@ def load_target(path: str | Path, task: str | None = None) -> Target:
     if is_export_dir(path):
         hf, tokenizer, note = load_export(path)
         return Target(path, "export", _Logits(hf), tokenizer, note["task_config"], bool(note["mask_format"]),
-                      int(note["max_length"]), None)
+                      _input_limit(int(note["max_length"]), tokenizer, hf.config, 0), None)
     loaded = load_artifact(path)
-    data_dir = (loaded.run_config or {}).get("data", {}).get("dir")
+    data_dir = ((loaded.run_config or {}).get("data") or {}).get("dir")
     return Target(path, "run", loaded.model, loaded.tokenizer, loaded.info["task_config"],
-                  bool(loaded.info["mask_format"]), int(loaded.info["max_length"]), data_dir)
+                  bool(loaded.info["mask_format"]),
+                  _input_limit(int(loaded.info["max_length"]), loaded.tokenizer, loaded.model.config,
+                               loaded.model.prepended_tokens), data_dir)
+
+
+def _input_limit(max_length: int, tokenizer: Any, config: Any, prepended: int) -> int:
+    """The run's max_length, but never beyond what the model's positions cover (runs trained before
+    jrft checked data.max_length could record more; a long input would then crash the model)."""
+    from jrft_cli.core.backbone import max_input_length
+
+    limit = max_input_length(tokenizer, config)
+    return max_length if limit is None else min(max_length, limit - prepended)
 
 
 def check_task(trained: dict[str, Any], task: str | None) -> None:

@@ -7,7 +7,14 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from jrft_cli.core.errors import JrftError
 from jrft_cli.tasks.metrics import compute_metrics
+
+
+class NonFiniteOutputs(JrftError):
+    """The model produced NaN or infinite outputs: no metric or prediction is computed from them."""
+
+
 @dataclass
 class TaskInfo:
     is_regression: bool
@@ -38,7 +45,13 @@ def predict(model: nn.Module, data: Sequence[dict], collate: Callable, batch_siz
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out.append(model(**batch).float().cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    logits = torch.cat(out) if out else torch.empty(0)
+    bad = ~torch.isfinite(logits).reshape(len(logits), -1).all(dim=1) if len(logits) else torch.zeros(0, dtype=torch.bool)
+    if bool(bad.any()):
+        raise NonFiniteOutputs(f"the model's outputs are NaN or infinite for {int(bad.sum())} of {len(logits)} inputs "
+                               f"(first: input {int(bad.nonzero()[0])}); its weights are broken, so no metric or "
+                               f"prediction is made from them")
+    return logits
 
 
 def evaluate(model: nn.Module, data: Sequence[dict], collate: Callable, task: TaskInfo, batch_size: int,

@@ -5,6 +5,7 @@ Task metadata comes from the task config (conf/task/*.yaml) as a plain dict; not
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -26,14 +27,28 @@ class Example:
 
 
 def read_tsv(path: Path) -> list[list[str]]:
-    """Rows of a GLUE TSV as plain tab-split fields (no quoting: some fields start with a stray `"`)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:   # utf-8-sig drops MRPC's BOM
-        return [row for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    """Rows of a GLUE TSV as plain tab-split fields (no quoting: some fields start with a stray `"`).
+    A file that cannot be read as UTF-8 text is one JrftError naming it."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:   # utf-8-sig drops MRPC's BOM
+            return [row for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    except UnicodeDecodeError as e:
+        raise JrftError(f"{path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
+                        f"a GLUE TSV file is UTF-8: restore the file from the GLUE download") from None
+    except (OSError, csv.Error) as e:
+        raise JrftError(f"{path} cannot be read as a TSV file ({e}); restore it from the GLUE download") from None
 
 
 def _label_value(raw: str, task: dict, where: str) -> float | int:
     if task["is_regression"]:
-        return float(raw)
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise JrftError(f"task {task['name']}: label {raw!r} in {where} is not a finite number; a regression "
+                            f"label must be one (fix or drop that row)")
+        return value
     labels = [str(v) for v in task["labels"]]
     if raw not in labels:
         raise JrftError(f"task {task['name']}: label {raw!r} in {where} is not one of {labels}")
@@ -43,6 +58,8 @@ def _label_value(raw: str, task: dict, where: str) -> float | int:
 def _examples_from_tsv(path: Path, task: dict) -> list[Example]:
     spec = task["tsv"]
     rows = read_tsv(path)
+    if not rows:
+        raise JrftError(f"task {task['name']}: {path} is empty; restore it from the GLUE download")
     if spec["header"]:
         header, rows = rows[0], rows[1:]
         try:
@@ -57,6 +74,8 @@ def _examples_from_tsv(path: Path, task: dict) -> list[Example]:
         if len(row) <= max(text_idx + [label_idx]):
             raise JrftError(f"task {task['name']}: {path} row {n + 1} has {len(row)} fields, expected more")
         out.append(Example(tuple(row[i] for i in text_idx), _label_value(row[label_idx], task, f"{path} row {n + 1}")))
+    if not out:
+        raise JrftError(f"task {task['name']}: {path} has no data rows (only a header); restore it from the GLUE download")
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from jrft_cli.core.errors import JrftError
 from jrft_cli.core.files import CHECKPOINT_FILE, atomic_write  # noqa: F401 (the checkpoint's name in a run dir)
 
 CHECKPOINT_VERSION = 1
@@ -30,6 +31,15 @@ class TrainingInterrupted(Exception):
         self.hand_on: Callable[[], None] = lambda: None   # set by whoever installed the handlers
         where = f"; checkpoint {checkpoint}" if checkpoint else ""
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}{where}")
+
+
+class TrainingFailed(JrftError):
+    """Training cannot go on (a non-finite loss, weights or metrics). The recipe records it in
+    results.json (status "failed", the error, no metrics) and the run exits non-zero."""
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        self.step = step
+        super().__init__(message)
 
 
 class StopSignals:
@@ -81,10 +91,19 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (tensors and plain python values only)."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
+    """Read a checkpoint written by `save_checkpoint` (tensors and plain python values only). An
+    unreadable one (truncated, not a jrft checkpoint, another version) is one JrftError saying how to
+    restart: delete the file, and the relaunch trains the run from scratch."""
+    path = Path(path)
+    restart = f"delete {path} to train this run from scratch"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+        reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise JrftError(f"{path}: the checkpoint is unreadable ({reason[:160]}); {restart}") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        raise JrftError(f"{path}: checkpoint version {version!r}, this jrft reads {CHECKPOINT_VERSION}; {restart}")
     return state
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from jrft_cli.training.checkpoint import TrainingInterrupted, rng_state, set_rng_state
+from jrft_cli.training.checkpoint import TrainingFailed, TrainingInterrupted, rng_state, set_rng_state
 from jrft_cli.tasks.evaluation import TaskInfo, batches, evaluate, loss_fn
 
 
@@ -274,6 +274,9 @@ class Trainer:
             reduced = torch.tensor([total], dtype=torch.float64)
             dist.all_reduce(reduced)
             total = float(reduced.item())
+        if not math.isfinite(total):   # before the update: the weights stay as they were at the last finite step
+            raise TrainingFailed(f"the training loss is {total} (the run diverged; a lower train.lr may help)",
+                                 self.step + 1)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.max_grad_norm:

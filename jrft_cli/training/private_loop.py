@@ -22,6 +22,7 @@ from jrft_cli.dp.accounting import Accountant
 from jrft_cli.dp.mechanism import add_noise, micro_batches, poisson_sample
 from jrft_cli.dp.plan import PrivacyPlan, resolve_plan
 from jrft_cli.dp.samplers import ShiftGradSampler, freeze_shared_embeddings, make_sampler
+from jrft_cli.training.checkpoint import TrainingFailed
 from jrft_cli.tasks.evaluation import TaskInfo, loss_fn
 from jrft_cli.training.loop import Logger, LoopConfig, Trainer
 
@@ -105,6 +106,10 @@ class PrivateTrainer(Trainer):
             total_loss += float(losses.detach().sum())
         if sums is None:  # an empty Poisson batch still takes its (noise-only) step
             sums = [torch.zeros_like(p) for p in self.params]
+        if not math.isfinite(total_loss) or not all(bool(torch.isfinite(s).all()) for s in sums):
+            # before the update and the accountant's step: the weights stay as at the last finite step
+            raise TrainingFailed(f"the training loss is {total_loss} (the run diverged; a lower method.dp_lr or "
+                                 "train.lr may help)", self.step + 1)
         noisy = add_noise(sums, plan.noise_multiplier, plan.max_grad_norm, self.noise_generator)
         expected = plan.sample_rate * n        # divide by the EXPECTED batch size, never the realised one
         for p, g in zip(self.params, noisy):

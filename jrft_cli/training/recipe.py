@@ -4,12 +4,13 @@ Nothing below this module knows about Hydra or OmegaConf.
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import yaml
@@ -17,17 +18,18 @@ import torch
 
 from jrft_cli import __version__
 from jrft_cli.core.artifact import run_artifact_info, save_artifact
-from jrft_cli.core.backbone import SequenceClassifier, count_parameters, load_tokenizer, model_id
+from jrft_cli.core.backbone import SequenceClassifier, count_parameters, load_tokenizer, max_input_length, model_id
 from jrft_cli.core.build import build_classifier
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.heads import MASK_FORMAT_HEADS
-from jrft_cli.core.files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, MetricsWriter, read_results, write_json_atomic
+from jrft_cli.core.files import (CONFIG_FILE, LOCK_FILE, METRICS_FILE, RESULTS_FILE, MetricsWriter, RunDirBusy,
+                                 RunDirLock, read_results, write_json_atomic)
 from jrft_cli.core.registry import MethodSpec, method_names, method_spec
-from jrft_cli.tasks.evaluation import TaskInfo
+from jrft_cli.tasks.evaluation import NonFiniteOutputs, TaskInfo
 from jrft_cli.tasks.glue import encode, load_split, make_collate
-from jrft_cli.training import distributed
-from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingInterrupted,
-                                          load_checkpoint, save_checkpoint)
+from jrft_cli.training import distributed, settings
+from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingFailed,
+                                          TrainingInterrupted, load_checkpoint, save_checkpoint)
 from jrft_cli.training.loop import LoopConfig, Trainer, resolve_device
 
 if TYPE_CHECKING:
@@ -41,16 +43,18 @@ def seed_everything(seed: int) -> None:
 
 
 def validate(cfg: dict[str, Any]) -> None:
-    """Fail fast, before anything is loaded, with one line naming the bad value and the choices."""
+    """Fail fast, before anything is loaded, with one line naming the bad value and the choices:
+    every setting's type and range (training.settings), the method's options (the registry), the
+    learning rate in effect and, under privacy=dp, the privacy settings."""
+    settings.check(cfg)
     method_options(cfg)
-    t = cfg["train"]
-    for key in ("batch_size", "grad_accum"):
-        if not isinstance(t[key], int) or t[key] <= 0:
-            raise JrftError(f"train.{key}={t[key]!r} is not valid; it must be a positive integer")
-    if t["max_steps"] <= 0 and not t["epochs"] > 0:
-        raise JrftError(f"train.epochs={t['epochs']!r} is not valid; it must be > 0 (or set train.max_steps > 0)")
+    if "d" in cfg:
+        settings.check_value("d", settings.D_RULE, cfg["d"])
+    for key, rule in settings.METHOD_RECIPE_RULES.items():
+        if key in cfg["method"]:
+            settings.check_value(f"method.{key}", rule, cfg["method"][key])
     lr = learning_rate(cfg)
-    if not lr or lr <= 0:
+    if lr is None or lr <= 0:
         raise JrftError(f"train.lr={lr!r} is not valid; it must be > 0 (null = the method's default)")
     if is_private(cfg):
         privacy_plan(cfg)
@@ -148,21 +152,32 @@ def config_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
-def _existing_run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """(completed results, checkpoint to resume) of a run dir being relaunched; errors when the
-    dir holds a different configuration."""
-    results = read_results(run_dir) if (run_dir / RESULTS_FILE).exists() else None
+def _existing_run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(completed results, loaded checkpoint to resume) of a run dir being relaunched; errors when the
+    dir holds a different configuration, or a file of its record is corrupt (saying what to do). Read
+    before the relaunch is accepted, so a refused one writes nothing."""
+    results = read_results(run_dir)
     ckpt = run_dir / CHECKPOINT_FILE
     if results is None and not ckpt.exists():
         return None, None
-    if (run_dir / CONFIG_FILE).exists():
-        diff = config_difference(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}, cfg)
+    config_path = run_dir / CONFIG_FILE
+    if config_path.exists():
+        try:
+            old = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise JrftError(f"{config_path}: the run's {CONFIG_FILE} is unreadable ({reason}); delete the run dir "
+                            f"{run_dir} to train it from scratch") from None
+        diff = config_difference(old if isinstance(old, dict) else {}, cfg)
         if diff:
             raise JrftError(f"run dir {run_dir} holds a run with another config ({diff}); "
                             "use another hydra.run.dir / hydra.sweep.dir or delete it")
     if results is not None and results.get("status") == "completed":
         return results, None
-    return None, ckpt if ckpt.exists() else None
+    if results is not None and results.get("status") == "failed":
+        # a failed run is retried from scratch: its checkpoint led to the failure
+        return None, None
+    return None, load_checkpoint(ckpt) if ckpt.exists() else None
 
 
 def _rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -177,13 +192,37 @@ def _rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def _setup_only(run_dir: Path) -> bool:
     """True when the run dir holds nothing but what Hydra wrote at start (safe to remove on a config error)."""
     names = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
-    return names <= {".hydra", "train.log", "wandb", CONFIG_FILE}
+    return names <= {".hydra", "train.log", "wandb", CONFIG_FILE, LOCK_FILE}
 
 
-def run(cfg: dict[str, Any], run_dir: Path, console: Any = None) -> dict[str, Any]:
-    """Train and evaluate one configuration; write its run dir. Returns results.json's content."""
+def _remove_if_setup_only(run_dir: Path, lock: RunDirLock | None) -> None:
+    """After a config error, remove a run dir that holds nothing of a run; never one that another
+    process holds (it may be loading its model, its dir still looking empty)."""
+    if not _setup_only(run_dir) or not run_dir.exists():
+        return
+    own = lock
+    if own is None:
+        own = RunDirLock(run_dir)
+        if not own.try_acquire():
+            return
+    try:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    finally:
+        if lock is None:
+            own.release()
+
+
+def run(cfg: dict[str, Any], run_dir: Path, console: Any = None,
+        on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; write its run dir. Returns results.json's content.
+
+    One writer per run dir: the lock is held for the run's life (another live writer: RunDirBusy).
+    `on_start` runs once the run dir is accepted (locked, config matching), before training (the CLI
+    writes Hydra's record there). A run that fails (non-finite loss, weights or metrics) writes
+    results.json with status "failed" and its error, and raises TrainingFailed."""
     run_dir = Path(run_dir)
     dist_info = distributed.detect()
+    lock: RunDirLock | None = None
     try:
         validate(cfg)
         if dist_info.world_size > 1:
@@ -192,24 +231,67 @@ def run(cfg: dict[str, Any], run_dir: Path, console: Any = None) -> dict[str, An
                                 "per-example clipping and the accountant assume one process; run DP without torchrun/srun")
             distributed.init(dist_info, resolve_device(cfg["hardware"]["device"]))
             run_dir = _agree_run_dir(run_dir, dist_info)
-        done, resume_from = _existing_run(cfg, run_dir)
+        if dist_info.is_main:
+            lock = RunDirLock.acquire(run_dir)
+        done, checkpoint = _existing_run(cfg, run_dir)
         if done is not None:
             if dist_info.is_main:
                 print(f"jrft: {run_dir} already holds a completed run (results.json); skipping it", flush=True)
             return done
         if dist_info.is_main:
+            lock.record_holder()
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))   # the resolved config
-            if resume_from is None:
+            if on_start is not None:
+                on_start()
+            if checkpoint is None:
                 (run_dir / METRICS_FILE).unlink(missing_ok=True)   # a restart from scratch logs anew
-        return _run(cfg, run_dir, console, resume_from, dist_info)
+                (run_dir / RESULTS_FILE).unlink(missing_ok=True)   # a failed run's record goes with it
+                (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        return _run(cfg, run_dir, console, checkpoint, dist_info)
+    except RunDirBusy:
+        raise   # the dir is another process's: touch nothing
+    except TrainingFailed:
+        raise   # results.json records it
     except JrftError:
         # A bad setting must leave nothing behind that looks like a run.
-        if dist_info.is_main and _setup_only(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if dist_info.is_main:
+            _remove_if_setup_only(run_dir, lock)
         raise
     finally:
+        if lock is not None:
+            lock.release()
         distributed.shutdown()
+
+
+def _check_finite(summary: dict[str, Any], model: torch.nn.Module) -> None:
+    """A finished run's metrics and trained weights must be finite to be written as a result."""
+    for snapshot in ("dev", "best_dev"):
+        for name, value in (summary.get(snapshot) or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise TrainingFailed(f"{snapshot} {name} is {value}; a non-finite metric is not a result")
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingFailed(f"trained weights hold non-finite values ({', '.join(bad[:3])})")
+
+
+def _write_failed(cfg: dict[str, Any], run_dir: Path, error: str, step: int) -> None:
+    """results.json of a failed run: what ran and why it stopped, and no metrics. The checkpoint goes
+    (a relaunch retries from scratch; resuming would only reach the same failure)."""
+    write_json_atomic(run_dir / RESULTS_FILE, {
+        "status": "failed",
+        "error": error,
+        "failed_at_step": step,
+        "task": cfg["task"]["name"],
+        "model": model_id(cfg["model"]["name"]),
+        "model_name": cfg["model"]["name"],
+        "method": cfg["method"]["name"],
+        "method_label": method_label(cfg),
+        "seed": cfg["seed"],
+        "jrft_version": __version__,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
 def _agree_run_dir(run_dir: Path, info: distributed.DistInfo) -> Path:
@@ -228,7 +310,7 @@ def _agree_run_dir(run_dir: Path, info: distributed.DistInfo) -> Path:
     return agreed
 
 
-def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | None,
+def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str, Any] | None,
          dist_info: distributed.DistInfo) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
@@ -256,6 +338,10 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
     dp_plan = privacy_plan(cfg, len(train_data)) if is_private(cfg) else None   # before the model loads
 
     model = build_model(cfg, tokenizer, num_labels).to(device)
+    limit = max_input_length(tokenizer, model.config)
+    if limit is not None:
+        limit -= model.prepended_tokens   # tokens a method adds in front (jr_warp's prompt) need positions too
+    settings.check_max_length(data_cfg["max_length"], limit, cfg["model"]["name"])
 
     lr = learning_rate(cfg)
     loop_cfg = LoopConfig(epochs=t["epochs"], max_steps=t["max_steps"], batch_size=t["batch_size"], lr=lr,
@@ -265,7 +351,6 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
                           checkpoint_every=t.get("checkpoint_every") or 0)
     task_info = TaskInfo(task["is_regression"], task["metrics"], task["main_metric"])
     log_cfg = cfg["logger"]
-    checkpoint = load_checkpoint(resume_from) if resume_from else None
     tracker = Tracker(run_dir, cfg, use_wandb=bool(log_cfg.get("enabled")) and dist_info.is_main,
                       project=log_cfg.get("project", "jrft"), entity=log_cfg.get("entity"), group=log_cfg.get("group"),
                       tags=log_cfg.get("tags"), mode=log_cfg.get("mode", "auto"),
@@ -293,19 +378,36 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, resume_from: Path | N
                                   hw.get("precision", "fp32"), **hooks)
             trainable, total = count_parameters(model)   # after the trainer: DP full finetuning freezes position embeddings
             if checkpoint is not None:
-                trainer.load_state_dict(checkpoint["trainer"])
+                try:
+                    trainer.load_state_dict(checkpoint["trainer"])
+                except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise JrftError(f"{ckpt_path}: cannot resume from this checkpoint ({reason[:200]}); delete it "
+                                    f"to train this run from scratch") from None
                 if dist_info.is_main:
                     _rewrite_metrics(run_dir, trainer.history)
                     print(f"jrft: resuming {run_dir} from its checkpoint at step {trainer.step}/{trainer.total_steps}",
                           flush=True)
             if dist_info.is_main:
                 tracker.start_progress(trainer.total_steps, f"{task['name']} {method_label(cfg)}")
+            failure: JrftError | None = None
             try:
                 summary = trainer.run()
+                if dist_info.is_main:
+                    _check_finite(summary, model)
             except TrainingInterrupted as e:
                 e.hand_on = stop.hand_on   # the caller passes the signal on (submitit: requeue) once out of here
                 exit_code = INTERRUPTED_EXIT_CODE
                 raise
+            except (TrainingFailed, NonFiniteOutputs) as e:
+                failure = e
+        if failure is not None:
+            step = getattr(failure, "step", None) or trainer.step
+            message = f"training failed at step {step}: {failure}"
+            if dist_info.is_main:
+                _write_failed(cfg, run_dir, message, step)
+                message += f"; {run_dir / RESULTS_FILE} records status failed"
+            raise TrainingFailed(message, step)
         if not dist_info.is_main:
             exit_code = 0
             return summary

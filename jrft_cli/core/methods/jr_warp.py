@@ -40,6 +40,8 @@ def _prepend(t: torch.Tensor | None, value: int) -> torch.Tensor | None:
 
 
 class JRWarp(JointShift):
+    prepended_tokens = 1   # the prompt token takes a position in front of every input
+
     def __init__(self, backbone: nn.Module, d: int, prompt_token_id: int, **kwargs) -> None:
         layers = families.find_layers(backbone)
         embeddings = families.embeddings_of(backbone)
