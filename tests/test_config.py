@@ -67,7 +67,7 @@ def test_defaults_are_the_papers_choices():
     assert (cfg.task.name, cfg.method.name, cfg.model.key) == ("sst2", "jr", "minilm")
     assert (cfg.method.position, cfg.method.head, cfg.method.dropout) == ("output", "mask", 0.0)
     lora = compose(["method=lora"]).method
-    assert (lora.r, list(lora.target_modules), lora.head) == (1, ["query", "value"], "cls")
+    assert (lora.r, lora.target_modules, lora.head) == (1, None, "cls")   # None: the family's attention projections
 
 
 def test_experiment_quickstart_composes():

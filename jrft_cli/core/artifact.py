@@ -55,7 +55,7 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
     opts = spec.options_dict(options)
     adapter = getattr(model, "adapter", None)
     trainable, _ = count_parameters(model)
-    head = method_config.get("head", "mask")
+    head = model.head_kind   # as resolved for the model (decoders: the mask head reads the last token)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -179,7 +179,7 @@ def load_artifact(run_dir: Path) -> LoadedRun:
     method_config = info["method_config"]
     options = _options_of(info)
     model = build_classifier(base["name"], info["num_labels"], info["method"], options, tokenizer=tokenizer,
-                             seed=info["seed"], head=method_config.get("head", "mask"),
+                             seed=info["seed"], head=info.get("head") or method_config.get("head", "mask"),
                              dropout=method_config.get("dropout"), revision=base.get("revision"))
     if info.get("prompt_token_id") is not None and model.adapter.prompt_token_id != info["prompt_token_id"]:
         raise JrftError(f"jr_warp prompt token id {model.adapter.prompt_token_id} differs from the run's "
