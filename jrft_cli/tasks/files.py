@@ -80,6 +80,8 @@ def _read(task: dict[str, Any], split: str):
             ds = _datasets().load_dataset(builder, data_files=str(path), split="train", **options)
         except Exception as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "corresponds to no data" in reason:   # datasets' words for a file with a header only
+                raise JrftError(f"{key_name} {str(path)!r} has no rows") from None
             raise JrftError(f"{key_name} {str(path)!r} cannot be read as {path.suffix.lower()[1:]} ({reason[:200]})") from None
     if len(ds) == 0:
         raise JrftError(f"{_where(task, split)} has no rows")
