@@ -54,6 +54,7 @@ class _Tok:
 # family -> (family name in the table, output / intermediate / attention module paths, LoRA targets)
 EXPECTED = {
     "bert": ("bert", ("output.dense", "intermediate.dense", "attention.output.LayerNorm"), ("query", "value")),
+    "distilbert": ("distilbert", ("ffn.lin2", "ffn.lin1", "sa_layer_norm"), ("q_lin", "v_lin")),
     "electra": ("bert", ("output.dense", "intermediate.dense", "attention.output.LayerNorm"), ("query", "value")),
     "xlm-roberta": ("bert", ("output.dense", "intermediate.dense", "attention.output.LayerNorm"), ("query", "value")),
     "deberta-v2": ("deberta-v2", ("output.dense", "intermediate.dense", "attention.output.LayerNorm"),

@@ -36,7 +36,12 @@ CASES = {
     "bitfit": ["method=bitfit"],
     "full": ["method=full"],
     "linear": ["method=linear"],
+    # the other shift positions, on families whose bias there differs (present / config option / remote code)
+    "jr-intermediate-cls": ["method=jr", "d=16", "method.head=cls", "method.position=intermediate"],
+    "jr-attention-cls": ["method=jr", "d=16", "method.head=cls", "method.position=attention"],
 }
+POSITION_CASES = ("jr-intermediate-cls", "jr-attention-cls")
+POSITION_FAMILIES = ("gpt2", "llama", "mistral", "phi3", "modernbert")
 NO_BIASES = {"llama", "mistral", "gemma", "phi3", "modernbert"}   # BitFit is refused on these
 # Families whose shift position has no bias and no config option that adds one: jr exports with remote code
 REMOTE_BIASES = {"mistral", "qwen2", "gemma", "phi3"}
@@ -46,7 +51,7 @@ def expect_remote(family: str, case: str) -> bool:
     """Remote code for our own heads and the prompt; CLS-head exports are plain unless a bias is missing."""
     if case in ("lora", "bitfit"):
         return False
-    if case == "jr-cls":
+    if case in ("jr-cls", "jr-intermediate-cls", "jr-attention-cls"):
         return family in REMOTE_BIASES
     return True
 
@@ -97,6 +102,8 @@ def runs(models, tmp_path_factory) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for family, model_dir in models.items():
         for case, overrides in CASES.items():
+            if case in POSITION_CASES and family not in POSITION_FAMILIES:
+                continue
             key = f"{family}/{case}"
             run_dir, exp_dir = root / "runs" / key, root / "exports" / key
             try:
@@ -129,7 +136,8 @@ def _record(runs: dict, key: str) -> dict:
     return record
 
 
-ALL = [f"{f}/{c}" for f in FAMILIES for c in CASES if not (c == "bitfit" and f in NO_BIASES)]
+ALL = [f"{f}/{c}" for f in FAMILIES for c in CASES
+       if not (c == "bitfit" and f in NO_BIASES) and (c not in POSITION_CASES or f in POSITION_FAMILIES)]
 
 
 @pytest.mark.parametrize("key", ALL)

@@ -17,7 +17,7 @@ CORPUS = [
 
 H, F, L, HEADS = 32, 48, 2, 2     # hidden size, FFN width, blocks, attention heads
 
-ENCODERS = ("bert", "deberta-v2", "electra", "xlm-roberta", "modernbert")
+ENCODERS = ("bert", "distilbert", "deberta-v2", "electra", "xlm-roberta", "modernbert")
 DECODERS = ("gpt2", "llama", "qwen2", "mistral", "gemma", "phi", "phi3")
 FAMILIES = ENCODERS + DECODERS
 
@@ -58,6 +58,9 @@ def _config(family: str, tok):
                vocab_size=vocab, pad_token_id=tok.pad_token_id)
     if family == "bert":
         return T.BertConfig(**enc, max_position_embeddings=128)
+    if family == "distilbert":
+        return T.DistilBertConfig(n_layers=L, dim=H, hidden_dim=F, n_heads=HEADS, vocab_size=vocab,
+                                  pad_token_id=tok.pad_token_id, max_position_embeddings=128)
     if family == "deberta-v2":
         return T.DebertaV2Config(**enc, max_position_embeddings=128, relative_attention=True, position_buckets=16,
                                  pos_att_type=["p2c", "c2p"], position_biased_input=False, share_att_key=True,

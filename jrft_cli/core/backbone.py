@@ -129,8 +129,6 @@ class SequenceClassifier(nn.Module):
         kwargs = {"revision": revision} if revision else {}
         if head in MASK_FORMAT_HEADS and mask_token_id is None:
             raise JrftError(f"the {head} head needs the tokenizer's mask token id")
-        if pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
-            config.pad_token_id = pad_token_id   # decoders' cls head finds the last non-pad token by it
         if families.is_decoder(config):
             config.use_cache = False             # classification never decodes: no key/value cache
         try:
@@ -145,6 +143,10 @@ class SequenceClassifier(nn.Module):
                     self.backbone = AutoModel.from_pretrained(path, config=config, **kwargs)
         except (OSError, ValueError) as e:
             raise _load_error(name, e) from None
+        # After loading (the embeddings' padding_idx stays the checkpoint's): decoders' cls head finds the
+        # last non-pad token by the config's pad id, which must be the one the inputs are padded with.
+        if pad_token_id is not None and (config.pad_token_id is None or families.is_decoder(config)):
+            self.backbone.config.pad_token_id = pad_token_id
         # token types only for models that take them (decoders and ModernBERT do not)
         entry = self.hf if head == "cls" else self.backbone
         self.takes_token_types = "token_type_ids" in inspect.signature(entry.forward).parameters
