@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from jrft_cli.tasks.evaluation import loss_fn
-from jrft_cli.core.methods.jr import init_z, locate
-from jrft_cli.core.families import find_layers as find_encoder_layers
+from jrft_cli.core.methods.jr import init_z
+from jrft_cli.core.families import find_layers as find_encoder_layers, locate
 from jrft_cli.dp.accounting import add_noise, clip_and_sum
 from jrft_cli.core.projection import make_projection
 
