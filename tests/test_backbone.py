@@ -41,7 +41,7 @@ def test_unloadable_model_is_a_one_line_error(tmp_path):
 
 
 def test_bad_head_is_a_one_line_error():
-    with pytest.raises(JrftError, match=r"method.head='pooler' is not valid; choose one of mask, cls"):
+    with pytest.raises(JrftError, match=r"method.head='pooler' is not valid; choose one of mask, last, cls"):
         SequenceClassifier(MINILM, 2, head="pooler", mask_token_id=103)
 
 

@@ -104,7 +104,7 @@ def test_remote_code_export_files(exports):
     assert config["model_type"] == "bert"
     source = (exp / "modeling_jrft.py").read_text()
     imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"__future__", "copy", "torch", "transformers"}
+    assert imports <= {"__future__", "copy", "inspect", "torch", "transformers"}
     note = json.loads((exp / "jrft_export.json").read_text())
     assert note["mask_format"] is True and "[MASK]" in note["input_format"] and note["task"] == "rte"
     assert (exp / "tokenizer.json").is_file() and (exp / "README.md").is_file()

@@ -46,7 +46,7 @@ def test_degenerate_inputs_give_zero_without_warnings():
 
 
 def test_unknown_metric_names_the_bad_one_and_the_choices():
-    with pytest.raises(ValueError, match=r"'auc'.*accuracy, f1, matthews, pearson, spearman"):
+    with pytest.raises(ValueError, match=r"'auc'.*accuracy, f1, f1_macro, matthews, pearson, spearman"):
         compute_metrics(["accuracy", "auc"], [1], [1])
 
 

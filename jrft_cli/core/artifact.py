@@ -57,7 +57,7 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
     opts = spec.options_dict(options)
     adapter = getattr(model, "adapter", None)
     trainable, _ = count_parameters(model)
-    head = method_config.get("head", "mask")
+    head = model.head_kind   # as resolved for the model (decoders: the mask head reads the last token)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -91,8 +91,7 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
         "trainable_params": trainable,
         "small_state": spec.small_state,
         "jrft_version": __version__,
-        PROBE_KEY: probe_logits(model, probe_batch(tokenizer, head in MASK_FORMAT_HEADS,
-                                                   len(task["tsv"]["text_fields"]) > 1)),
+        PROBE_KEY: probe_logits(model, probe_batch(tokenizer, head in MASK_FORMAT_HEADS, is_pair_task(task))),
     }
 
 
@@ -101,6 +100,11 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
 # seed, another base model) is refused instead of silently predicting something else.
 PROBE_KEY = "probe_logits"
 PROBE_TOL = 1e-3   # absolute and relative, on logits: far above float noise across devices, far below any real change
+
+
+def is_pair_task(task: dict[str, Any]) -> bool:
+    """True for a sentence-pair task config (GLUE's under `tsv`, a custom task's at the top)."""
+    return len((task.get("tsv") or task)["text_fields"]) > 1
 
 
 def probe_batch(tokenizer: Any, mask_format: bool, pair: bool) -> dict[str, torch.Tensor]:
@@ -296,7 +300,7 @@ def load_artifact(run_dir: Path) -> LoadedRun:
     method_config = info["method_config"]
     options = _options_of(info)
     model = build_classifier(base["name"], info["num_labels"], info["method"], options, tokenizer=tokenizer,
-                             seed=info["seed"], head=method_config.get("head", "mask"),
+                             seed=info["seed"], head=info.get("head") or method_config.get("head", "mask"),
                              dropout=method_config.get("dropout"), revision=base.get("revision"))
     if info.get("prompt_token_id") is not None and model.adapter.prompt_token_id != info["prompt_token_id"]:
         raise JrftError(f"jr_warp prompt token id {model.adapter.prompt_token_id} differs from the run's "
@@ -319,8 +323,7 @@ def load_artifact(run_dir: Path) -> LoadedRun:
 
 def _check_probe(run_dir: Path, model: nn.Module, tokenizer: Any, info: dict[str, Any]) -> None:
     want = torch.tensor(info[PROBE_KEY], dtype=torch.float32)
-    got = torch.tensor(probe_logits(model, probe_batch(tokenizer, info["mask_format"],
-                                                       len(info["task_config"]["tsv"]["text_fields"]) > 1)))
+    got = torch.tensor(probe_logits(model, probe_batch(tokenizer, info["mask_format"], is_pair_task(info["task_config"]))))
     if want.shape != got.shape or not torch.allclose(got, want, atol=PROBE_TOL, rtol=PROBE_TOL):
         diff = float((got - want).abs().max()) if want.shape == got.shape else float("inf")
         raise JrftError(f"{Path(run_dir) / ADAPTER_CONFIG}: the model rebuilt from this artifact does not reproduce "

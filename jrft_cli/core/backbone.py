@@ -2,18 +2,25 @@
 
 Heads:
 - a linear layer on a readout of the final hidden states (core.heads): `mask` (the paper's) reads the
-  mask-token position; the backbone is a plain `AutoModel` without pooler.
+  mask-token position, `last` the last non-pad token; the backbone is a plain `AutoModel` without
+  pooler. Decoder-only families have no bidirectional mask readout: on them `mask` means `last`
+  (`resolve_head`).
 - `cls`: the model family's standard `AutoModelForSequenceClassification` head, so BitFit/LoRA/full
-  runs with it export as ordinary checkpoints.
+  runs with it export as ordinary checkpoints (decoders: transformers' last-non-pad-token head).
+
+Tokenizers without a pad token (most decoders) get one (EOS), and padding is on the right, so a causal
+model's real tokens keep positions 0..T-1; the model config's pad token id follows the tokenizer's.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from jrft_cli.core import families
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.heads import MASK_FORMAT_HEADS, READOUTS
 
@@ -42,14 +49,48 @@ def _load_error(name: str, err: Exception) -> JrftError:
 
 
 def load_tokenizer(name: str, revision: str | None = None):
-    """The model's tokenizer; a missing or unreachable model is one JrftError, not a traceback."""
+    """The model's tokenizer, padding on the right, with a pad token (its EOS, else UNK, when it has
+    none); a missing or unreachable model is one JrftError, not a traceback."""
     from transformers import AutoTokenizer
 
     path = resolve_model_name(name)
     try:
-        return AutoTokenizer.from_pretrained(path, **({"revision": revision} if revision else {}))
+        tokenizer = AutoTokenizer.from_pretrained(path, **({"revision": revision} if revision else {}))
     except (OSError, ValueError) as e:   # transformers: OSError; huggingface_hub's bad repo id: a ValueError
         raise _load_error(name, e) from None
+    return prepare_tokenizer(tokenizer)
+
+
+def prepare_tokenizer(tokenizer):
+    """Set a pad token where there is none (EOS, else UNK) and pad on the right (in place; returned)."""
+    if tokenizer.pad_token is None:
+        fill = tokenizer.eos_token or tokenizer.unk_token
+        if fill is None:
+            raise JrftError(f"tokenizer {tokenizer.name_or_path!r} has no pad token and no EOS or UNK token to pad "
+                            f"with; add a pad token to it")
+        tokenizer.pad_token = fill
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_config(name: str, revision: str | None = None):
+    """The model's transformers config (no weights loaded); one JrftError when it cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model_name(name), **({"revision": revision} if revision else {}))
+    except (OSError, ValueError) as e:
+        raise _load_error(name, e) from None
+
+
+def resolve_head(head: str, config) -> str:
+    """The head a run really uses: the mask head on a decoder-only family (`config` of the model) reads
+    the last non-pad token instead (a causal model's mask position sees only what precedes it)."""
+    if head not in HEADS:
+        raise JrftError(f"method.head={head!r} is not valid; choose one of {', '.join(HEADS)}")
+    if head in MASK_FORMAT_HEADS and families.is_decoder(config):
+        return "last"
+    return head
 
 
 def max_input_length(tokenizer, config) -> int | None:
@@ -87,30 +128,41 @@ class SequenceClassifier(nn.Module):
     """
 
     def __init__(self, name: str, num_labels: int, head: str = "mask", dropout: float | None = None,
-                 revision: str | None = None, mask_token_id: int | None = None) -> None:
+                 revision: str | None = None, mask_token_id: int | None = None,
+                 pad_token_id: int | None = None) -> None:
         super().__init__()
         from transformers import AutoModel, AutoModelForSequenceClassification
 
-        if head not in HEADS:
-            raise JrftError(f"method.head={head!r} is not valid; choose one of {', '.join(HEADS)}")
         path = resolve_model_name(name)
+        config = load_config(name, revision)
+        head = resolve_head(head, config)
         self.head_kind = head
         self.num_labels = num_labels
         self.mask_token_id = mask_token_id
         kwargs = {"revision": revision} if revision else {}
         if head in MASK_FORMAT_HEADS and mask_token_id is None:
             raise JrftError(f"the {head} head needs the tokenizer's mask token id")
+        if families.is_decoder(config):
+            config.use_cache = False             # classification never decodes: no key/value cache
         try:
             if head == "cls":
-                self.hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+                config.num_labels = num_labels
+                self.hf = AutoModelForSequenceClassification.from_pretrained(path, config=config, **kwargs)
                 self.backbone = self.hf.base_model
             else:
                 try:
-                    self.backbone = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+                    self.backbone = AutoModel.from_pretrained(path, config=config, add_pooling_layer=False, **kwargs)
                 except TypeError:  # families without a pooler take no such argument
-                    self.backbone = AutoModel.from_pretrained(path, **kwargs)
+                    self.backbone = AutoModel.from_pretrained(path, config=config, **kwargs)
         except (OSError, ValueError) as e:
             raise _load_error(name, e) from None
+        # After loading (the embeddings' padding_idx stays the checkpoint's): decoders' cls head finds the
+        # last non-pad token by the config's pad id, which must be the one the inputs are padded with.
+        if pad_token_id is not None and (config.pad_token_id is None or families.is_decoder(config)):
+            self.backbone.config.pad_token_id = pad_token_id
+        # token types only for models that take them (decoders and ModernBERT do not)
+        entry = self.hf if head == "cls" else self.backbone
+        self.takes_token_types = "token_type_ids" in inspect.signature(entry.forward).parameters
         if head == "cls":
             backbone_ids = {id(p) for p in self.backbone.parameters()}
             self._head_names = [n for n, p in self.hf.named_parameters() if id(p) not in backbone_ids]
@@ -138,7 +190,7 @@ class SequenceClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         kwargs = {"attention_mask": attention_mask}
-        if token_type_ids is not None:
+        if token_type_ids is not None and self.takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
         if self.head_kind == "cls":
             return self.hf(input_ids=input_ids, **kwargs).logits

@@ -19,7 +19,7 @@ def build_classifier(model_name: str, num_labels: int, method: str, options: Any
         options = spec.bind_tokenizer(options, tokenizer)
     torch.manual_seed(seed)
     model = SequenceClassifier(model_name, num_labels, head=head, dropout=dropout, revision=revision,
-                               mask_token_id=tokenizer.mask_token_id)
+                               mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id)
     spec.apply(model, options)
     model.method, model.method_options = method, options
     return model

@@ -35,8 +35,9 @@ class DPSupport:
     path "shift": exact, from one ordinary backward pass (z through the per-example shift tensor, the
     head's linear layers from their activations). path "opacus": opacus' per-sample machinery in
     `opacus_mode` ("ghost": clipping without materialising per-example gradients; "hooks": per-sample
-    gradients). `freeze_shared_embeddings`: position embeddings indexed by one tensor shared across the
-    batch have no per-example gradient and are frozen under DP."""
+    gradients). `freeze_shared_embeddings`: parameters that see one input shared by the whole batch
+    (position embeddings indexed by one tensor; the family's `batch_shared` modules, core.families) have
+    no per-example gradient and are frozen under DP."""
     path: Literal["shift", "opacus"]
     opacus_mode: Literal["ghost", "hooks"] | None = None
     freeze_shared_embeddings: bool = False

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from jrft_cli.core import families
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.registry import method_spec
 from jrft_cli.dp.mechanism import clip_and_sum
@@ -112,6 +113,12 @@ class OpacusGradSampler:
 
         if mode not in ("ghost", "hooks"):
             raise JrftError(f"privacy.grad_sample_mode={mode!r} is invalid here; choose ghost or hooks")
+        _register_grad_samplers()
+        unsupported = _unsupported_layers(model)
+        if unsupported:
+            raise JrftError(f"opacus cannot compute per-example gradients of {', '.join(unsupported)} (a layer with "
+                            f"buffers and no opacus grad sampler) in {families.describe(getattr(model, 'backbone', model))}; under "
+                            f"privacy=dp use a method that does not train it (jr, jr_warp, linear, lora)")
         self.mode, self.params, self.max_grad_norm = mode, list(params), max_grad_norm
         # opacus walks children() without de-duplication: with the CLS head the backbone is reachable
         # twice (model.backbone is model.hf.base_model), which would hook every layer twice.
@@ -166,13 +173,48 @@ class OpacusGradSampler:
         self.hooks.remove_hooks()
 
 
+def _unsupported_layers(model: nn.Module) -> list[str]:
+    """Type names of trainable layers opacus can hook neither with a grad sampler nor with functorch
+    (which refuses layers holding buffers, e.g. Gemma's scaled word embedding)."""
+    from opacus.grad_sample.grad_sample_module import GradSampleHooks
+
+    return sorted({type(m).__name__ for m in model.modules()
+                   if any(p.requires_grad for p in m.parameters(recurse=False))
+                   and type(m) not in GradSampleHooks.GRAD_SAMPLERS and any(True for _ in m.buffers(recurse=False))})
+
+
+def _layer_norm_grad_sample(layer: nn.LayerNorm, activations: list[torch.Tensor],
+                            backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """opacus' LayerNorm grad sampler, also for LayerNorms without a bias (ModernBERT's), which opacus 1.6's
+    own reads as `layer.bias.requires_grad` and fails on."""
+    from opacus.grad_sample.layer_norm import compute_layer_norm_grad_sample
+
+    if layer.bias is not None:
+        return compute_layer_norm_grad_sample(layer, activations, backprops)
+    if not layer.weight.requires_grad:
+        return {}
+    from opacus.utils.tensor_utils import sum_over_all_but_batch_and_last_n
+
+    normed = nn.functional.layer_norm(activations[0], layer.normalized_shape, eps=layer.eps)
+    return {layer.weight: sum_over_all_but_batch_and_last_n(normed * backprops, layer.weight.dim())}
+
+
+def _register_grad_samplers() -> None:
+    from opacus.grad_sample.utils import register_grad_sampler
+
+    register_grad_sampler(nn.LayerNorm)(_layer_norm_grad_sample)
+
+
 def freeze_shared_embeddings(model: nn.Module) -> list[str]:
     """Freeze position embeddings (BERT-family models index them with one (1, T) tensor shared by the
-    whole batch, which has no per-example gradient). Returns the names frozen."""
+    whole batch, which has no per-example gradient) and the family's other batch-shared modules
+    (core.families: GPT-2's `wpe`, DeBERTa's relative embeddings). Returns the names frozen."""
     frozen = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding) and name.endswith("position_embeddings") and module.weight.requires_grad:
-            module.weight.requires_grad_(False)
+    for name, module in families.batch_shared_modules(model):
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own:
+            for p in own:
+                p.requires_grad_(False)
             frozen.append(name)
     return frozen
 
@@ -184,6 +226,11 @@ def make_sampler(model: nn.Module, params: Sequence[nn.Parameter], method: str, 
     dp = method_spec(method).dp
     if dp.path == "shift":
         return ShiftGradSampler(model, params)
+    reason = families.family_of(model).no_opacus
+    if reason:
+        raise JrftError(f"privacy=dp with method={method} is not supported on "
+                        f"{families.describe(getattr(model, 'backbone', model))}: {reason}; "
+                        f"use jr, jr_warp or linear (exact per-example gradients without opacus)")
     return OpacusGradSampler(model, params, dp.opacus_mode if mode == "auto" else mode, max_grad_norm)
 
 

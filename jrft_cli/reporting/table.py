@@ -31,7 +31,7 @@ TASK_NAMES = {
     "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI",
 }
 METRIC_NAMES = {
-    "accuracy": "Acc", "matthews": "MCC", "matthews_correlation": "MCC", "mcc": "MCC", "f1": "F1",
+    "accuracy": "Acc", "f1_macro": "macro-F1", "matthews": "MCC", "matthews_correlation": "MCC", "mcc": "MCC", "f1": "F1",
     "pearson": "Pearson", "pearsonr": "Pearson", "spearman": "Spearman", "spearmanr": "Spearman",
 }
 SNAPSHOTS = {"best": "best_dev", "final": "dev"}

@@ -1,9 +1,11 @@
 """`jrft export`: turn a run's artifact into a directory that plain transformers loads.
 
-- jr (SLaSh): the shifts s_l = z W_l are folded into the backbone's biases (output ->
+- jr (SLaSh): the shifts s_l = z W_l are folded into the backbone's biases (BERT: output ->
   `output.dense.bias`, intermediate -> `intermediate.dense.bias`, attention ->
-  `attention.output.LayerNorm.bias`), so the backbone is the base architecture with changed bias
-  values: no hooks, no extra cost at inference.
+  `attention.output.LayerNorm.bias`; other families: core.families), so the backbone is the base
+  architecture with changed bias values: no hooks, no extra cost at inference. Where the family has
+  no bias there, the config option that adds one is set when the family has it (Llama's `mlp_bias`:
+  the other new biases are zero); otherwise the export is remote code that adds the bias itself.
 - jr_warp: the per-layer prompt vectors (L, H) are precomputed and stored with the weights.
 - lora: the injected LoRA layers are merged into the base weights (peft's merge) and removed.
 - CLS head without a prompt token: a plain `AutoModelForSequenceClassification` checkpoint.
@@ -25,12 +27,14 @@ import torch
 from torch import nn
 
 from jrft_cli import __version__
+from jrft_cli.core import families
 from jrft_cli.core.artifact import LoadedRun, file_sha256, load_artifact, probe_batch
 from jrft_cli.core.backbone import SequenceClassifier
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.files import (ADAPTER_CONFIG, CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE, read_json_file,
                                  write_json_atomic)
 from jrft_cli.core.registry import method_spec
+from jrft_cli.tasks.loading import text_field_count
 
 EXPORT_NOTE = "jrft_export.json"
 MODELING_FILE = "modeling_jrft.py"
@@ -38,6 +42,43 @@ REMOTE_CLASS = "JrftClassifier"
 TEMPLATE = Path(__file__).parent / "export_template" / MODELING_FILE
 # Largest |logit difference| tolerated between the run's model and its export, checked at export time.
 VERIFY_TOL = 1e-4
+
+
+@dataclass
+class BiasFix:
+    """What folding needed where the shift position had no bias: a config flag set (with the modules
+    it gives biases), or bias paths (inside each block) that the remote code adds."""
+    config_flags: dict[str, bool]
+    extra_biases: list[str]
+
+
+def _add_zero_bias(module: nn.Module) -> None:
+    if getattr(module, "bias", None) is None:
+        weight = module.weight
+        module.bias = nn.Parameter(torch.zeros(families.out_features(module), dtype=weight.dtype, device=weight.device),
+                                   requires_grad=False)
+
+
+def add_shift_biases(model: SequenceClassifier) -> BiasFix:
+    """Give the shift targets of the model's SLaSh adapter a (zero) bias where they have none, so the
+    shifts fold: by the family's config option when there is one (every module it covers gets a zero
+    bias, as a model built with the option would have), else on the targets alone (in place)."""
+    adapter = model.adapter
+    if all(getattr(t, "bias", None) is not None for t in adapter._targets):
+        return BiasFix({}, [])
+    backbone = model.backbone
+    layers = families.find_layers(backbone)
+    option = families.bias_option(backbone, adapter.position)
+    if option is not None:
+        flag, paths = option
+        for layer in layers:
+            for path in paths:
+                _add_zero_bias(layer.get_submodule(path))
+        setattr(backbone.config, flag, True)
+        return BiasFix({flag: True}, [])
+    for target in adapter._targets:
+        _add_zero_bias(target)
+    return BiasFix({}, [families.locate_path(layers[0], adapter.position, families.family_of(backbone))])
 
 
 def fold_shifts(model: SequenceClassifier) -> None:
@@ -67,7 +108,7 @@ def _label_config(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: torch.Tensor | None,
-                  prompt_token_id: int | None) -> nn.Module:
+                  prompt_token_id: int | None, extra_biases: list[str]) -> nn.Module:
     """The remote-code classifier (from the template) holding `model`'s weights."""
     from jrft_cli.serving.export_template.modeling_jrft import JrftClassifier
 
@@ -77,8 +118,11 @@ def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: torch
         setattr(config, k, v)
     config.jrft_head = model.head_kind
     config.jrft_mask_token_id = info["mask_token_id"]
+    config.jrft_layers = families.layers_path(model.backbone)
+    config.jrft_extra_biases = list(extra_biases)
     config.jrft_prompt_layers = 0 if prompt is None else int(prompt.shape[0])
     config.jrft_prompt_token_id = prompt_token_id
+    config.jrft_prompt_insert = families.family_of(model.backbone).warp_insert
     config.auto_map = {"AutoModelForSequenceClassification": f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
     config.architectures = [REMOTE_CLASS]
     exported = JrftClassifier(config)
@@ -101,7 +145,7 @@ class ExportResult:
 
 
 def _probe_inputs(tokenizer: Any, info: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return probe_batch(tokenizer, info["mask_format"], len(info["task_config"]["tsv"]["text_fields"]) > 1)
+    return probe_batch(tokenizer, info["mask_format"], text_field_count(info["task_config"]) > 1)
 
 
 def check_out_dir(run_dir: Path, out_dir: Path, overwrite: bool) -> None:
@@ -144,15 +188,18 @@ def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify:
     model = copy.deepcopy(reference)
     spec = method_spec(info["method"])
     prompt, prompt_token_id = None, None
+    fix = BiasFix({}, [])
     if spec.export == "fold":
+        fix = add_shift_biases(model)
         fold_shifts(model)
     elif spec.export == "prompt":
         prompt, prompt_token_id = take_prompt(model)
     elif spec.export == "merge":
         spec.merge(model.backbone)
-    remote = model.head_kind != "cls" or prompt is not None   # our own heads need modeling_jrft.py
+    # our own heads, the prompt and biases the family cannot declare need modeling_jrft.py
+    remote = model.head_kind != "cls" or prompt is not None or bool(fix.extra_biases)
     if remote:
-        exported = _build_remote(model, info, prompt, prompt_token_id)
+        exported = _build_remote(model, info, prompt, prompt_token_id, fix.extra_biases)
     else:
         exported = model.hf.eval()
         for k, v in _label_config(info).items():
@@ -176,7 +223,7 @@ def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify:
         if remote:
             shutil.copyfile(TEMPLATE, staging / MODELING_FILE)
         loaded.tokenizer.save_pretrained(str(staging))
-        note = export_note(info, remote, Path(run_dir))
+        note = export_note(info, remote, Path(run_dir), fix)
         write_json_atomic(staging / EXPORT_NOTE, note)
         (staging / "README.md").write_text(readme(note))
         _move_into_place(staging, out_dir)
@@ -197,12 +244,15 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export_note(info: dict[str, Any], remote: bool, run_dir: Path) -> dict[str, Any]:
+def export_note(info: dict[str, Any], remote: bool, run_dir: Path, fix: BiasFix | None = None) -> dict[str, Any]:
     """jrft_export.json: what a user (or `jrft eval`/`predict`) needs to feed the exported model."""
     if info["mask_format"]:
         fmt = (f"append the mask token {info['mask_token']!r} to the first sentence, separated by a space "
                f"(pair tasks: text1 + ' {info['mask_token']}' then text2 as the tokenizer's second sequence); "
                f"the head reads the first mask token")
+    elif info["head"] == "last":
+        fmt = ("plain tokenizer input (one sentence, or a pair as the tokenizer's two sequences); the head reads "
+               "the last token the attention mask keeps")
     else:
         fmt = "plain tokenizer input (one sentence, or a pair as the tokenizer's two sequences)"
     return {
@@ -225,6 +275,8 @@ def export_note(info: dict[str, Any], remote: bool, run_dir: Path) -> dict[str, 
         "position": info.get("position"),
         "projection": info.get("projection"),
         "seed": info["seed"],
+        "bias_config_flags": fix.config_flags if fix else {},   # set so the folded shifts have biases to live in
+        "bias_added_by_remote_code": fix.extra_biases if fix else [],
         "source_run": run_dir.resolve().name,   # its name only: no path of this machine goes into an export
         "jrft_version": __version__,
     }

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from jrft_cli.tasks.glue import Example, encode, load_split, make_collate
+from jrft_cli.tasks.glue import Example, encode, make_collate
+from jrft_cli.tasks.loading import is_custom, load_split, text_field_count
 from jrft_cli.core.errors import JrftError
 from jrft_cli.tasks.evaluation import TaskInfo, evaluate, predict
 
@@ -91,10 +92,11 @@ def _input_limit(max_length: int, tokenizer: Any, config: Any, prepended: int) -
 
 
 def check_task(trained: dict[str, Any], task: str | None) -> None:
-    """`task=` must name a known task and the one the target was trained on."""
+    """`task=` must name a known task and the one the target was trained on (a custom task goes by the
+    name it was trained under)."""
     from jrft_cli.core.conf import group_choices
 
-    if task is None:
+    if task is None or task == trained["name"]:
         return
     choices = group_choices("task")
     if task not in choices:
@@ -109,7 +111,7 @@ def evaluate_target(target: Target, split: str | None = None, data_dir: str | No
     """(metrics, number of examples) on one eval split (default: the task's main dev split)."""
     task = target.task
     split = split or task["eval_splits"][0]["name"]
-    if data_dir is None:
+    if data_dir is None and not is_custom(task):
         data_dir = os.environ.get("JRFT_GLUE_DIR") or target.data_dir
     examples = load_split(task, split, data_dir, limit)
     data = encode(examples, target.tokenizer, mask_format=target.mask_format, max_length=target.max_length)
@@ -120,7 +122,7 @@ def evaluate_target(target: Target, split: str | None = None, data_dir: str | No
 
 def parse_rows(lines: Sequence[str], task: dict[str, Any]) -> list[tuple[str, ...]]:
     """Input lines -> text tuples: one text per line, or `text1<TAB>text2` for pair tasks."""
-    pair = len(task["tsv"]["text_fields"]) > 1
+    pair = text_field_count(task) > 1
     rows = []
     for n, line in enumerate(lines, 1):
         line = line.rstrip("\r\n")

@@ -1,4 +1,4 @@
-"""GLUE metrics, computed with scikit-learn and scipy.
+"""Task metrics (GLUE's, plus macro-F1 for custom tasks), computed with scikit-learn and scipy.
 
 Classification metrics take argmax class ids; the correlations (STS-B) take float scores.
 Degenerate inputs (constant predictions, a single example) give 0.0 instead of nan, silently,
@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
+METRICS = ("accuracy", "f1", "f1_macro", "matthews", "pearson", "spearman")
 
 # GLUE's reported metrics per task (MNLI's matched/mismatched are two eval splits, both accuracy).
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -50,8 +50,9 @@ def _correlation(fn, predictions: np.ndarray, labels: np.ndarray) -> float:
 def compute_metrics(names: Sequence[str], predictions, labels) -> dict[str, float]:
     """Compute the named GLUE metrics; returns {name: python float} in the order given.
 
-    `predictions` are class ids for accuracy/f1/matthews (f1 is binary, positive class 1, as in
-    GLUE's MRPC/QQP) and float scores for pearson/spearman. Unknown names raise ValueError.
+    `predictions` are class ids for accuracy/f1/f1_macro/matthews (f1 is binary, positive class 1, as in
+    GLUE's MRPC/QQP; f1_macro averages every class's F1 over the classes in labels or predictions) and
+    float scores for pearson/spearman. Unknown names raise ValueError.
     """
     unknown = [n for n in names if n not in METRICS]
     if unknown:
@@ -75,6 +76,8 @@ def compute_metrics(names: Sequence[str], predictions, labels) -> dict[str, floa
             out[name] = float(skm.accuracy_score(y, p))
         elif name == "f1":
             out[name] = float(skm.f1_score(y, p, zero_division=0.0))
+        elif name == "f1_macro":
+            out[name] = float(skm.f1_score(y, p, average="macro", zero_division=0.0))
         else:  # matthews: sklearn already returns 0.0 when a row or column of the table is empty
             out[name] = float(skm.matthews_corrcoef(y, p))
     return out

@@ -18,7 +18,8 @@ import torch
 
 from jrft_cli import __version__
 from jrft_cli.core.artifact import run_artifact_info, save_artifact
-from jrft_cli.core.backbone import SequenceClassifier, count_parameters, load_tokenizer, max_input_length, model_id
+from jrft_cli.core.backbone import (SequenceClassifier, count_parameters, load_config, load_tokenizer, max_input_length,
+                                   model_id, resolve_head)
 from jrft_cli.core.build import build_classifier
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.heads import MASK_FORMAT_HEADS
@@ -26,7 +27,8 @@ from jrft_cli.core.files import (CONFIG_FILE, LOCK_FILE, METRICS_FILE, RESULTS_F
                                  RunDirLock, read_results, write_json_atomic)
 from jrft_cli.core.registry import MethodSpec, method_names, method_spec
 from jrft_cli.tasks.evaluation import NonFiniteOutputs, TaskInfo
-from jrft_cli.tasks.glue import encode, load_split, make_collate
+from jrft_cli.tasks.glue import encode, make_collate
+from jrft_cli.tasks.loading import load_split, resolve_task
 from jrft_cli.training import distributed, settings
 from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingFailed,
                                           TrainingInterrupted, load_checkpoint, save_checkpoint)
@@ -121,10 +123,12 @@ def build_model(cfg: dict[str, Any], tokenizer: Any, num_labels: int) -> Sequenc
                             revision=cfg["model"].get("revision"))
 
 
-def artifact_info(cfg: dict[str, Any], model: SequenceClassifier, tokenizer: Any, num_labels: int) -> dict[str, Any]:
-    """adapter_config.json for a run of `cfg` (see core.artifact.run_artifact_info)."""
+def artifact_info(cfg: dict[str, Any], model: SequenceClassifier, tokenizer: Any, num_labels: int,
+                  task: dict[str, Any] | None = None) -> dict[str, Any]:
+    """adapter_config.json for a run of `cfg` (see core.artifact.run_artifact_info); `task`: the resolved
+    task (custom tasks: with their data location and labels), default cfg's."""
     return run_artifact_info(model, tokenizer, method_config=cfg["method"], model_name=cfg["model"]["name"],
-                             revision=cfg["model"].get("revision"), task=cfg["task"], num_labels=num_labels,
+                             revision=cfg["model"].get("revision"), task=task or cfg["task"], num_labels=num_labels,
                              max_length=cfg["data"]["max_length"], seed=cfg["seed"])
 
 
@@ -318,7 +322,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()   # its "Loading weights" bar would sit on stderr above any one-line error
-    t, task, m, hw = cfg["train"], cfg["task"], cfg["method"], cfg["hardware"]
+    t, m, hw = cfg["train"], cfg["method"], cfg["hardware"]
     if hw.get("num_threads"):
         torch.set_num_threads(int(hw["num_threads"]))
     device = resolve_device(hw["device"])
@@ -326,9 +330,11 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
         device = torch.device("cuda", dist_info.local_rank)
     seed_everything(cfg["seed"])
 
-    tokenizer = load_tokenizer(cfg["model"]["name"], cfg["model"].get("revision"))
-    mask_format = m.get("head", "mask") in MASK_FORMAT_HEADS
     data_cfg = cfg["data"]
+    task = resolve_task(cfg["task"], data_cfg)   # custom tasks: their files, labels and metrics
+    tokenizer = load_tokenizer(cfg["model"]["name"], cfg["model"].get("revision"))
+    head = resolve_head(m.get("head", "mask"), load_config(cfg["model"]["name"], cfg["model"].get("revision")))
+    mask_format = head in MASK_FORMAT_HEADS
     train_ex = load_split(task, "train", data_cfg["dir"], data_cfg.get("limit_train"))
     eval_ex = {s["name"]: load_split(task, s["name"], data_cfg["dir"], data_cfg.get("limit_eval"))
                for s in task["eval_splits"]}
@@ -412,7 +418,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
             exit_code = 0
             return summary
         if cfg.get("run", {}).get("save_trainable", True):
-            save_artifact(model, run_dir, artifact_info(cfg, model, tokenizer, num_labels))
+            save_artifact(model, run_dir, artifact_info(cfg, model, tokenizer, num_labels, task))
         results = {
             "status": "completed",
             "task": task["name"],
@@ -425,6 +431,8 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
             "trainable_params": trainable,
             "total_params": total,
             "main_metric": task["main_metric"],
+            "head": model.head_kind,
+            "labels": task.get("label_names"),
             **summary,
             "lr": lr,
             "batch_size": dp_plan.batch_size if dp_plan else t["batch_size"] * t["grad_accum"],

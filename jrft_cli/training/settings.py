@@ -91,6 +91,13 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "limit_eval": _int(1, null=True, note="(null = every row)"),
         "max_length": _int(8, note="(tokens per input; at most the model's limit)"),
         "train_subset": Rule("int_map", null=True),   # experiment=small_glue: task -> rows (feeds limit_train)
+        # task=custom (tasks.files / tasks.loading check the files themselves)
+        "train_file": Rule("str", null=True),
+        "validation_file": Rule("str", null=True),
+        "hub_dataset": Rule("str", null=True, note="(a Hub dataset id or a local dataset dir)"),
+        "hub_config": Rule("str", null=True),
+        "train_split": Rule("str", null=True, note="(null = train)"),
+        "validation_split": Rule("str", null=True, note="(null = validation)"),
     },
     "hardware": {
         "device": Rule("str", pattern=r"auto|cpu|cuda(:\d+)?|mps", choices=DEVICES),
@@ -139,6 +146,18 @@ OPEN_SECTIONS: dict[str, dict[str, Rule]] = {
         "eval_splits": Rule("any"),
     },
 }
+# A custom task (task=custom, `loader: files`) fills labels, regression and metrics from its data
+# (tasks.loading.resolve_task): null means "from the data" there.
+CUSTOM_TASK_RULES: dict[str, Rule] = {
+    **OPEN_SECTIONS["task"],
+    "loader": Rule("str", choices=("files",)),
+    "text_fields": Rule("str_list"),
+    "label_field": Rule("str"),
+    "is_regression": Rule("bool", null=True, note="(null = regression when the training labels are floats)"),
+    "metrics": Rule("str_list", null=True, note="(null = the task kind's defaults)"),
+    "main_metric": Rule("str", null=True, note="(null = the first of task.metrics)"),
+}
+CUSTOM_TASK_KEYS = ("name", "loader", "text_fields", "label_field", "eval_splits")
 # Keys the code indexes directly: a config without them (e.g. `~train.lr`) is refused by name.
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "": ("seed",),
@@ -225,8 +244,11 @@ def check(cfg: dict[str, Any]) -> None:
     missing = [s for s in REQUIRED_SECTIONS if not isinstance(cfg.get(s), dict)]
     if missing:
         raise JrftError(f"the config lacks the {missing[0]!r} section; compose it with `jrft train` (conf/config.yaml)")
+    custom = cfg["task"].get("loader") is not None
     for section, keys in REQUIRED_KEYS.items():
         values = cfg.get(section, {}) if section else cfg
+        if section == "task" and custom:
+            keys = CUSTOM_TASK_KEYS
         absent = [k for k in keys if not isinstance(values, dict) or k not in values]
         if absent:
             raise JrftError(f"{_name(section, absent[0])} is missing from the config; restore it (conf/ holds "
@@ -245,9 +267,10 @@ def check(cfg: dict[str, Any]) -> None:
                 continue
             _check_section(section, cfg[section], rules, open_keys=False)
     for section, rules in OPEN_SECTIONS.items():
-        _check_section(section, cfg[section], rules, open_keys=True)
+        _check_section(section, cfg[section], CUSTOM_TASK_RULES if section == "task" and custom else rules,
+                       open_keys=True)
     task = cfg["task"]
-    if task["main_metric"] not in task["metrics"]:
+    if task.get("metrics") is not None and task.get("main_metric") is not None and task["main_metric"] not in task["metrics"]:
         raise JrftError(f"task.main_metric={task['main_metric']!r} is not valid; choose one of "
                         f"{', '.join(task['metrics'])} (task.metrics)")
     t = cfg["train"]

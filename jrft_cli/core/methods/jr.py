@@ -106,7 +106,8 @@ class SLaSh(JointShift):
 
     def __init__(self, backbone: nn.Module, d: int, position: str = "output", **kwargs) -> None:
         layers = families.find_layers(backbone)
-        targets = [families.locate(layer, position) for layer in layers]
+        family = families.family_of(backbone)
+        targets = [families.locate(layer, position, family) for layer in layers]
         super().__init__(backbone, d, len(layers), families.out_features(targets[0]), **kwargs)
         self.position = position
         self._targets = targets
@@ -135,7 +136,7 @@ class SLaSh(JointShift):
         for l, target in enumerate(self._targets):
             if getattr(target, "bias", None) is None:
                 raise ValueError(f"cannot fold the {self.position!r} shift: {type(target).__name__} in layer {l} "
-                                 "has no bias")
+                                 "has no bias (`jrft export` adds one)")
         with torch.no_grad():
             shifts = self.shifts().detach()
             # the original biases (L small vectors), so unfold restores them bit for bit

@@ -6,33 +6,48 @@ paths and our head stay as they were; `merge` folds them back into the base weig
 from __future__ import annotations
 
 from dataclasses import field
+from typing import Optional
 
 from torch import nn
 
+from jrft_cli.core import families
 from jrft_cli.core.options import method_options
 from jrft_cli.core.registry import DPSupport, MethodSpec
 
 
 @method_options
 class LoraOptions:
-    """LoRA: rank `r`, scaling numerator `alpha` (scale alpha / r), dropout, and the target module names."""
+    """LoRA: rank `r`, scaling numerator `alpha` (scale alpha / r), dropout, and the target module names
+    (None: the family's attention projections, `core.families`: query/value for BERT-style encoders,
+    q_proj/v_proj for Llama-style decoders, c_attn for GPT-2...)."""
     r: int = field(default=1, metadata={"min": 1})
     alpha: float = field(default=2.0, metadata={"min": 0, "min_exclusive": True})
     lora_dropout: float = field(default=0.0, metadata={"min": 0})
-    target_modules: tuple[str, ...] = ("query", "value")
+    target_modules: Optional[tuple[str, ...]] = None
+
+
+def targets(backbone: nn.Module, options: LoraOptions) -> tuple[str, ...]:
+    """The module names LoRA adapts on `backbone` (checked: each must exist)."""
+    wanted = options.target_modules or families.lora_targets(backbone)
+    leaves = {n.split(".")[-1]: type(m).__name__ for n, m in backbone.named_modules() if n}
+    missing = [t for t in wanted if t not in leaves]
+    if missing:
+        linear = sorted(n for n, kind in leaves.items() if kind in ("Linear", "Conv1D"))
+        raise ValueError(f"LoraOptions: target_modules {list(missing)} not found in {families.describe(backbone)}; "
+                         f"its linear modules are named {', '.join(linear)}")
+    return tuple(wanted)
 
 
 def apply(model: nn.Module, options: LoraOptions) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
-    names = {n.split(".")[-1] for n, _ in model.backbone.named_modules()}
-    missing = [t for t in options.target_modules if t not in names]
-    if missing:
-        raise ValueError(f"LoraOptions: target_modules {missing} not found in {type(model.backbone).__name__}; "
-                         f"module names include e.g. query, key, value, dense")
+    names = targets(model.backbone, options)
+    # GPT-2's Conv1D stores its weight transposed: peft must know (it would warn and switch anyway)
+    transposed = any(type(m).__name__ == "Conv1D" for n, m in model.backbone.named_modules()
+                     if n.split(".")[-1] in names)
     model.requires_grad_(False)
     config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.lora_dropout,
-                        target_modules=list(options.target_modules))
+                        target_modules=list(names), fan_in_fan_out=transposed)
     # Injection freezes all but the LoRA weights of the backbone; the head is unfrozen below.
     inject_adapter_in_model(config, model.backbone)
     for p in model.head_parameters():
