@@ -25,14 +25,15 @@ import pytest
 import torch
 import yaml
 
-from export_helpers import GLUE, compose_cfg
 from jrft_cli.__main__ import main
 from jrft_cli.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINT_FILE, CONFIG_FILE, RESULTS_FILE, RunDirLock
 
-from conftest import REPO, subprocess_env
+from conftest import GLUE_MISSING, REPO, find_glue_dir, plain, subprocess_env
+
+GLUE = find_glue_dir() or Path("glue-not-found")
 
 torch.set_num_threads(1)
-pytestmark = pytest.mark.skipif(not (GLUE / "RTE" / "dev.tsv").is_file(), reason=f"GLUE RTE not found under {GLUE}")
+pytestmark = pytest.mark.skipif(not (GLUE / "RTE" / "dev.tsv").is_file(), reason=GLUE_MISSING)
 
 # The run every case starts from: jr on 16 RTE rows, 2 steps (the same overrides for the in-process run
 # and for subprocess relaunches, so their configs agree).
@@ -53,7 +54,7 @@ def world(tmp_path_factory) -> World:
     from jrft_cli.training.recipe import run
 
     root = tmp_path_factory.mktemp("world")
-    cfg = compose_cfg(RUN_ARGS)
+    cfg = plain("task=rte", *RUN_ARGS)
     run(cfg, root / "run")
     (root / "run" / "train.log").write_text("")          # as Hydra leaves it
     assert main(["export", str(root / "run"), "--out", str(root / "export")]) == 0
@@ -168,7 +169,7 @@ STSB_ROW = b"0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is ta
 def relaunch_dir(files: dict[str, bytes]):
     """A run dir of RUN_ARGS' config (config.yaml as the recipe writes it) plus `files`."""
     def prepare(w, tmp):
-        cfg = compose_cfg(RUN_ARGS)
+        cfg = plain("task=rte", *RUN_ARGS)
         d = tmp / "relaunch"
         d.mkdir()
         (d / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO, subprocess_env
-from export_helpers import load_isolated
+from conftest import load_isolated
 from tiny_models import tiny_model
 from jrft_cli.__main__ import main
 

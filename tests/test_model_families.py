@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from export_helpers import PAIR_TEXTS, compose_cfg, load_isolated
+from conftest import PAIR_TEXTS, load_isolated, plain
 from tiny_models import DECODERS, FAMILIES, tiny_model
 from jrft_cli.core.artifact import load_artifact, save_artifact
 from jrft_cli.core.backbone import load_tokenizer
@@ -63,7 +63,7 @@ def encode(tok, model, texts):
 
 def train_and_save(model_dir: Path, overrides: list[str], run_dir: Path) -> dict:
     """Build the model `jrft train` builds, train it two steps on a fixed batch, save its artifact."""
-    cfg = compose_cfg(overrides + [f"model.name={model_dir}"])
+    cfg = plain("task=rte", *overrides + [f"model.name={model_dir}"])
     tok = load_tokenizer(str(model_dir))
     model = build_model(cfg, tok, 2)
     batch = encode(tok, model, TRAIN_TEXTS)
@@ -209,7 +209,7 @@ def _capture_positions(backbone):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "phi"])
 def test_jr_warp_on_decoders_keeps_positions_and_ignores_padding(family, models):
-    cfg = compose_cfg(["method=jr_warp", "d=16", f"model.name={models[family]}"])
+    cfg = plain("task=rte", *["method=jr_warp", "d=16", f"model.name={models[family]}"])
     tok = load_tokenizer(str(models[family]))
     assert tok.pad_token == tok.eos_token and tok.padding_side == "right"
     model = build_model(cfg, tok, 2).eval()
@@ -246,7 +246,7 @@ def test_last_head_reads_the_last_non_pad_token_for_either_padding_side():
 
 
 def test_jr_warp_with_the_cls_head_on_a_decoder_is_refused(models):
-    cfg = compose_cfg(["method=jr_warp", "d=16", "method.head=cls", f"model.name={models['llama']}"])
+    cfg = plain("task=rte", *["method=jr_warp", "d=16", "method.head=cls", f"model.name={models['llama']}"])
     with pytest.raises(JrftError, match="jr_warp with method.head=cls is not supported on the decoder llama"):
         build_model(cfg, load_tokenizer(str(models["llama"])), 2)
 
@@ -286,7 +286,7 @@ def test_private_clipped_sums_equal_per_example_clipping(family, models):
     for method in DP_METHODS:
         if method == "bitfit" and family in NO_BIASES:
             continue
-        cfg = compose_cfg([f"method={method}", "d=16", f"model.name={models[family]}", "method.dropout=0.0"])
+        cfg = plain("task=rte", *[f"method={method}", "d=16", f"model.name={models[family]}", "method.dropout=0.0"])
         model = build_model(cfg, tok, 2).train()
         if method_spec(method).dp.freeze_shared_embeddings:
             freeze_shared_embeddings(model)

@@ -133,7 +133,7 @@ def test_privacy_checks_run_only_under_privacy_dp():
     cfg = plain("privacy=dp", "privacy.epsilon=0")
     with pytest.raises(JrftError, match=r"^privacy.epsilon=0 is invalid; it must be > 0$"):
         train.validate(cfg)
-    cfg["privacy"]["enabled"] = False
+    cfg["privacy"] = {"enabled": False}
     train.validate(cfg)                                               # not private: privacy.* is not read
     plan = train.privacy_plan(plain("privacy=dp", "privacy.batch_size=100", "train.epochs=2"), 1000)
     assert (plan.sample_rate, plan.steps, plan.delta) == (0.1, 20, 1 / 2000)
