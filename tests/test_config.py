@@ -67,7 +67,11 @@ def test_defaults_are_the_papers_choices():
     assert (cfg.task.name, cfg.method.name, cfg.model.key) == ("sst2", "jr", "minilm")
     assert (cfg.method.position, cfg.method.head, cfg.method.dropout) == ("output", "mask", 0.0)
     lora = compose(["method=lora"]).method
-    assert (lora.r, list(lora.target_modules), lora.head) == (1, ["query", "value"], "cls")
+    assert (lora.r, lora.alpha, list(lora.target_modules), lora.head) == (1, 8, ["query", "value"], "first")
+    bitfit = compose(["method=bitfit"]).method
+    assert (bitfit.head, bitfit.head_weights) == ("cls", "output")
+    adapters = compose(["method=adapters"]).method
+    assert (adapters.reduction_factor, adapters.head) == (768, "first")
 
 
 def test_experiment_quickstart_composes():

@@ -107,7 +107,7 @@ def private_step_times(model_name: str, examples: Sequence[dict], collate: Any, 
     batches = [b[torch.argsort(lengths[b], stable=True)] for b in (poisson_sample(n, q, gen) for _ in range(steps + 1))]
     task = TaskInfo(False, ["accuracy"], "accuracy")
     lr = {"full": 2e-5, "lora": 5e-4, "bitfit": 1e-3}
-    options = {"jr": {"d": d}, "jr_warp": {"d": d, "prompt_token_id": pad_token_id},
+    options = {"jr": {"d": d}, "jr_warp": {"d": d},
                "lora": {"r": 1}}
     cpu = torch.device("cpu")
 

@@ -25,7 +25,6 @@ from jrft_cli.core.backbone import SequenceClassifier, count_parameters, load_to
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.heads import MASK_FORMAT_HEADS
 from jrft_cli.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, write_json_atomic
-from jrft_cli.core.options import option_names
 from jrft_cli.core.registry import method_spec, spec_for_options
 
 FORMAT = "jrft-adapter"
@@ -53,9 +52,8 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
     run's method settings as configured (recorded; the typed options are rebuilt from it on load)."""
     spec, options = method_spec(model.method), model.method_options
     opts = spec.options_dict(options)
-    adapter = getattr(model, "adapter", None)
     trainable, _ = count_parameters(model)
-    head = method_config.get("head", "mask")
+    head = model.head_kind
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -65,7 +63,6 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
         "projection": opts.get("projection"),
         "projection_seed": opts.get("projection_seed"),
         "z_init": opts.get("z_init"),
-        "prompt_token_id": getattr(adapter, "prompt_token_id", None),
         "head": head,
         "mask_format": head in MASK_FORMAT_HEADS,
         "mask_token": tokenizer.mask_token,
@@ -129,8 +126,11 @@ def read_adapter_config(run_dir: Path) -> dict[str, Any]:
 def _options_of(info: dict[str, Any]) -> Any:
     spec = method_spec(info["method"])
     values = dict(info["method_config"])
-    if info.get("prompt_token_id") is not None and "prompt_token_id" in option_names(spec.options):
-        values["prompt_token_id"] = info["prompt_token_id"]
+    if info.get("prompt_token_id") is not None:
+        # written by jrft before JR-WARP's prompt moved after the embeddings (it was an input id then,
+        # shifting BERT-style positions): the trained z belongs to another model
+        raise JrftError(f"{ADAPTER_CONFIG}: this {info['method']} run was trained with the prompt as a prepended "
+                        "input token (jrft before JR-WARP inserted it after the embeddings); retrain it with this jrft")
     try:
         return spec.parse_options(values)
     except (TypeError, ValueError) as e:
@@ -179,11 +179,8 @@ def load_artifact(run_dir: Path) -> LoadedRun:
     method_config = info["method_config"]
     options = _options_of(info)
     model = build_classifier(base["name"], info["num_labels"], info["method"], options, tokenizer=tokenizer,
-                             seed=info["seed"], head=method_config.get("head", "mask"),
+                             seed=info["seed"], head=info.get("head") or method_config.get("head", "mask"),
                              dropout=method_config.get("dropout"), revision=base.get("revision"))
-    if info.get("prompt_token_id") is not None and model.adapter.prompt_token_id != info["prompt_token_id"]:
-        raise JrftError(f"jr_warp prompt token id {model.adapter.prompt_token_id} differs from the run's "
-                        f"{info['prompt_token_id']}")
     _load_state(model, weights, info["method"])
     model.eval()
     config_path = run_dir / CONFIG_FILE
@@ -203,7 +200,6 @@ def save_adapter(adapter: nn.Module, path: Path, backbone: nn.Module | None = No
         "format_version": FORMAT_VERSION,
         "method": spec.name,
         "method_config": {"name": spec.name, **spec.options_dict(options)},
-        "prompt_token_id": getattr(adapter, "prompt_token_id", None),
         "base_model": {"name": getattr(config, "_name_or_path", None),
                        "model_type": getattr(config, "model_type", None)},
         "small_state": True,

@@ -2,7 +2,8 @@
 
 Heads:
 - a linear layer on a readout of the final hidden states (core.heads): `mask` (the paper's) reads the
-  mask-token position; the backbone is a plain `AutoModel` without pooler.
+  mask-token position, `first` the first position (`[CLS]` / `<s>`), `tokens` every position (token
+  tasks); the backbone is a plain `AutoModel` without pooler.
 - `cls`: the model family's standard `AutoModelForSequenceClassification` head, so BitFit/LoRA/full
   runs with it export as ordinary checkpoints.
 """
@@ -69,8 +70,8 @@ def set_dropout(model: nn.Module, p: float) -> None:
 class SequenceClassifier(nn.Module):
     """A pretrained encoder with a classification (or, num_labels=1, regression) head.
 
-    `forward` returns logits (B, num_labels). `backbone` is the transformers base model that the
-    methods hook into; `head` holds the head's own parameters.
+    `forward` returns logits (B, num_labels), or (B, T, num_labels) with the per-token head. `backbone`
+    is the transformers base model that the methods hook into; `head` holds the head's own parameters.
     """
 
     def __init__(self, name: str, num_labels: int, head: str = "mask", dropout: float | None = None,
@@ -116,6 +117,18 @@ class SequenceClassifier(nn.Module):
             named = dict(self.hf.named_parameters())
             return [named[n] for n in self._head_names]
         return list(self.head.parameters())
+
+    def output_projection(self) -> nn.Linear:
+        """The head's last linear layer (the one producing the logits): the whole head for the linear
+        heads; the family's output projection for `cls` (BERT `classifier`, RoBERTa `classifier.out_proj`)."""
+        if self.head_kind != "cls":
+            return self.head
+        backbone_ids = {id(m) for m in self.backbone.modules()}
+        linears = [m for m in self.hf.modules() if isinstance(m, nn.Linear) and id(m) not in backbone_ids
+                   and m.out_features == self.num_labels]
+        if not linears:
+            raise JrftError(f"cannot find the output projection of {type(self.hf).__name__}'s head")
+        return linears[-1]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **_: object) -> torch.Tensor:

@@ -27,6 +27,15 @@ POSITION_PATHS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Where a Houlsby adapter sits in one block: on the output of the sublayer's last module before the
+# residual + LayerNorm (BERT/RoBERTa: the dropout after the attention-output / FFN-output projection;
+# DistilBERT: the attention's output projection, the FFN's dropout).
+ADAPTER_PATHS: dict[str, tuple[str, ...]] = {
+    "attention": ("attention.output.dropout", "attention.out_lin"),
+    "output": ("output.dropout", "ffn.dropout"),
+}
+
+
 def find_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer blocks, found by name wherever the backbone sits in a wrapper."""
     for name, module in model.named_modules():
@@ -47,6 +56,18 @@ def locate(layer: nn.Module, position: str) -> nn.Module:
             continue
     raise JrftError(f"cannot find the {position!r} position in {type(layer).__name__}; "
                      f"looked for {', '.join(POSITION_PATHS[position])}")
+
+
+def locate_adapter(layer: nn.Module, position: str) -> nn.Module:
+    """The module inside `layer` whose output passes through a Houlsby adapter at `position`
+    (`attention` or `output`, see ADAPTER_PATHS)."""
+    for path in ADAPTER_PATHS[position]:
+        try:
+            return layer.get_submodule(path)
+        except AttributeError:
+            continue
+    raise JrftError(f"cannot find where the {position!r} adapter goes in {type(layer).__name__}; "
+                     f"looked for {', '.join(ADAPTER_PATHS[position])}")
 
 
 def out_features(module: nn.Module) -> int:

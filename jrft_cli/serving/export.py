@@ -4,11 +4,14 @@
   `output.dense.bias`, intermediate -> `intermediate.dense.bias`, attention ->
   `attention.output.LayerNorm.bias`), so the backbone is the base architecture with changed bias
   values: no hooks, no extra cost at inference.
-- jr_warp: the per-layer prompt vectors (L, H) are precomputed and stored with the weights.
+- jr_warp / warp: the prompt vectors (JR-WARP: (L, H); WARP: (k, H)) are precomputed and stored with
+  the weights; jrft's modeling code inserts them after the embeddings.
+- adapters: the bottleneck adapters are stored with the weights and rebuilt by jrft's modeling code
+  (an adapter cannot be folded into the backbone's weights, so there is no plain checkpoint).
 - lora: the injected LoRA layers are merged into the base weights (peft's merge) and removed.
-- CLS head without a prompt token: a plain `AutoModelForSequenceClassification` checkpoint.
-  Mask head (or jr_warp): the weights plus `modeling_jrft.py` (imports only torch and
-  transformers), loaded with `trust_remote_code=True`.
+- CLS head without prompt or adapters: a plain `AutoModelForSequenceClassification` checkpoint.
+  Other heads (mask, first) or a prompt or adapters: the weights plus `modeling_jrft.py` (imports
+  only torch and transformers), loaded with `trust_remote_code=True`.
 Every export also holds the tokenizer and `jrft_export.json` (task, labels, input format).
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from jrft_cli.core.artifact import LoadedRun, load_artifact
 from jrft_cli.core.backbone import SequenceClassifier
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.files import write_json_atomic
+from jrft_cli.core.heads import TOKEN_HEADS
 from jrft_cli.core.registry import method_spec
 
 EXPORT_NOTE = "jrft_export.json"
@@ -47,14 +51,31 @@ def fold_shifts(model: SequenceClassifier) -> None:
     del model.adapter
 
 
-def take_prompt(model: SequenceClassifier) -> tuple[torch.Tensor, int]:
-    """A JR-WARP adapter's precomputed prompt vectors (L, H) and prompt token id; removes its hooks."""
+@dataclass
+class Prompt:
+    """A prompt adapter's vectors (rows, H) and layout: how many rows enter after the embeddings and
+    whether later rows shift the inserted position at each layer (JR-WARP) or not (WARP)."""
+    vectors: torch.Tensor
+    inserted: int
+    layer_shifts: bool
+
+
+def take_prompt(model: SequenceClassifier) -> Prompt:
+    """A JR-WARP / WARP adapter's precomputed prompt vectors and layout; removes its hooks."""
     adapter = model.adapter
     with torch.no_grad():
-        prompt = adapter.shifts().detach().clone()
+        vectors = adapter.shifts().detach().clone()
     adapter.remove()
     del model.adapter
-    return prompt, adapter.prompt_token_id
+    return Prompt(vectors, adapter.num_inserted, adapter.layer_shifts)
+
+
+def take_modules(model: SequenceClassifier) -> nn.Module:
+    """The method's own modules (adapters), hooks removed; they are exported beside the weights."""
+    adapter = model.adapter
+    adapter.remove()
+    del model.adapter
+    return adapter
 
 
 def _label_config(info: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +85,8 @@ def _label_config(info: dict[str, Any]) -> dict[str, Any]:
     return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
-def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: torch.Tensor | None,
-                  prompt_token_id: int | None) -> nn.Module:
+def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: Prompt | None,
+                  modules: nn.Module | None) -> nn.Module:
     """The remote-code classifier (from the template) holding `model`'s weights."""
     from jrft_cli.serving.export_template.modeling_jrft import JrftClassifier
 
@@ -75,9 +96,12 @@ def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: torch
         setattr(config, k, v)
     config.jrft_head = model.head_kind
     config.jrft_mask_token_id = info["mask_token_id"]
-    config.jrft_prompt_layers = 0 if prompt is None else int(prompt.shape[0])
-    config.jrft_prompt_token_id = prompt_token_id
-    config.auto_map = {"AutoModelForSequenceClassification": f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
+    config.jrft_prompt_rows = 0 if prompt is None else int(prompt.vectors.shape[0])
+    config.jrft_prompt_inserted = 0 if prompt is None else prompt.inserted
+    config.jrft_prompt_layer_shifts = bool(prompt and prompt.layer_shifts)
+    config.jrft_adapters = None if modules is None else {"size": modules.size, "non_linearity": modules.non_linearity}
+    auto = "AutoModelForTokenClassification" if model.head_kind in TOKEN_HEADS else "AutoModelForSequenceClassification"
+    config.auto_map = {auto: f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
     config.architectures = [REMOTE_CLASS]
     exported = JrftClassifier(config)
     if model.head_kind == "cls":
@@ -86,7 +110,9 @@ def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: torch
         state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
         state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
     if prompt is not None:
-        state["jrft_prompt"] = prompt
+        state["jrft_prompt"] = prompt.vectors
+    if modules is not None:
+        state.update({f"jrft_adapters.{k.removeprefix('blocks.')}": v for k, v in modules.state_dict().items()})
     exported.load_state_dict(state, strict=True)
     return exported.eval()
 
@@ -118,16 +144,19 @@ def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify:
     info, reference = loaded.info, loaded.model
     model = copy.deepcopy(reference)
     spec = method_spec(info["method"])
-    prompt, prompt_token_id = None, None
+    prompt, modules = None, None
     if spec.export == "fold":
         fold_shifts(model)
     elif spec.export == "prompt":
-        prompt, prompt_token_id = take_prompt(model)
+        prompt = take_prompt(model)
+    elif spec.export == "modules":
+        modules = take_modules(model)
     elif spec.export == "merge":
         spec.merge(model.backbone)
-    remote = model.head_kind != "cls" or prompt is not None   # our own heads need modeling_jrft.py
+    # our own heads, a prompt or adapters need modeling_jrft.py
+    remote = model.head_kind != "cls" or prompt is not None or modules is not None
     if remote:
-        exported = _build_remote(model, info, prompt, prompt_token_id)
+        exported = _build_remote(model, info, prompt, modules)
     else:
         exported = model.hf.eval()
         for k, v in _label_config(info).items():

@@ -1,17 +1,23 @@
-"""JR-WARP (`method=jr_warp`): one prompt token prepended to the input; entering layer 1 its hidden
-state is s_1, entering every later layer l, s_l is added to it. Shifts come from z as in SLaSh.
+"""JR-WARP (`method=jr_warp`): one prompt vector inserted as a new first position right after the
+embedding layer; entering layer 1 it is s_1, entering every later layer l, s_l is added to it. Shifts
+come from z as in SLaSh.
 
-Written by hand for the same reason as SLaSh (no library has it). The token is prepended inside the
-backbone's forward pre-hook (input ids, attention mask and token types grow by one position), so
-callers keep passing ordinary inputs; the mask head reads the last T positions. The prompt's input id
-is the pad token: its embedding is overwritten by s_1 anyway, and RoBERTa-style models then give it
-the padding position, leaving the real tokens' positions unchanged.
+Written by hand for the same reason as SLaSh (no library has it). The prompt enters after the
+embeddings (a forward hook on the embedding module prepends it to the embedding output; the
+backbone's forward pre-hook prepends a 1 to the attention mask), so the input ids, token types and
+position ids are untouched and every real token keeps its position on every position scheme
+(absolute, as BERT/MiniLM, or padding-offset, as RoBERTa). Callers pass ordinary inputs; the heads
+read the last T positions.
 
-The prompt token cannot be folded into weights; `fold()` precomputes the prompt vectors (L, H) so
+`PromptInsertion` is the mechanism shared with WARP (methods/warp.py): n prompt vectors taken from
+the per-batch shift tensor are inserted after the embeddings.
+
+The prompt cannot be folded into weights; `fold()` precomputes the prompt vectors (L, H) so
 inference no longer runs the projection, and `unfold()` returns to computing them from z.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import field
 
 import torch
@@ -20,36 +26,42 @@ from torch import nn
 from jrft_cli.core import families
 from jrft_cli.core.methods.jr import JointShift, ProjectionKind, ZInit, train_z_and_head
 from jrft_cli.core.options import method_options
-from jrft_cli.core.registry import DPSupport, MethodSpec, replace_options
+from jrft_cli.core.registry import DPSupport, MethodSpec
 
 
 @method_options
 class JRWarpConfig:
-    """JR-WARP: `d` = size of z; `projection` kind and its `seed`; `z_init`; the prompt's input id."""
+    """JR-WARP: `d` = size of z; `projection` kind and its `seed`; `z_init`."""
     d: int = field(default=1024, metadata={"min": 1})
     projection: ProjectionKind = "dense"
     seed: int = field(default=0, metadata={"key": "projection_seed"})
     z_init: ZInit = "normal"
-    prompt_token_id: int = field(default=0, metadata={"min": 0})
 
 
-def _prepend(t: torch.Tensor | None, value: int) -> torch.Tensor | None:
-    if t is None:
-        return None
-    return torch.cat([torch.full_like(t[:, :1], value), t], dim=1)
+def prepend_ones(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """`mask` (B, T) with n leading ones (the inserted positions are attended to)."""
+    return torch.cat([torch.ones_like(mask[:, :1]).expand(-1, n), mask], dim=1)
 
 
-class JRWarp(JointShift):
-    def __init__(self, backbone: nn.Module, d: int, prompt_token_id: int, **kwargs) -> None:
-        layers = families.find_layers(backbone)
-        embeddings = families.embeddings_of(backbone)
-        super().__init__(backbone, d, len(layers), backbone.config.hidden_size, **kwargs)
-        self.prompt_token_id = int(prompt_token_id)
+class PromptInsertion(JointShift):
+    """A JointShift whose first `num_inserted` rows of the per-batch shift tensor enter the backbone as
+    new positions after the embedding layer (the attention mask grows to match). With `layer_shifts`,
+    entering layer l >= 1 row l is added to the (single) inserted position (JR-WARP); without, the rows
+    are only inserted (WARP).
+
+    `num_inserted` and `layer_shifts` describe the layout for export (the prompt vectors are
+    `shifts()`: (rows, H))."""
+
+    def __init__(self, backbone: nn.Module, d: int, rows: int, num_inserted: int, layer_shifts: bool,
+                 **kwargs) -> None:
+        super().__init__(backbone, d, rows, backbone.config.hidden_size, **kwargs)
+        self.num_inserted, self.layer_shifts = int(num_inserted), bool(layer_shifts)
         self._folded: torch.Tensor | None = None
-        self._handles.append(embeddings.register_forward_hook(self._set_prompt))
-        for l, layer in enumerate(layers):
-            if l > 0:
-                self._handles.append(layer.register_forward_pre_hook(self._make_layer_hook(l)))
+        self._handles.append(families.embeddings_of(backbone).register_forward_hook(self._insert))
+        if layer_shifts:
+            for l, layer in enumerate(families.find_layers(backbone)):
+                if l > 0:   # a partial of a bound method: a deep copy of the model calls the copied adapter
+                    self._handles.append(layer.register_forward_pre_hook(functools.partial(self._shift_layer, l)))
 
     def shifts(self) -> torch.Tensor:
         if self._folded is not None:
@@ -61,7 +73,7 @@ class JRWarp(JointShift):
         return self._folded is not None
 
     def fold(self) -> None:
-        """Precompute the prompt vectors (L, H) from z; the projection no longer runs."""
+        """Precompute the prompt vectors from z; the projection no longer runs."""
         if self.folded:
             raise RuntimeError("the adapter is already folded")
         with torch.no_grad():
@@ -75,34 +87,35 @@ class JRWarp(JointShift):
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict):
         super()._begin(module, args, kwargs)
-        if args:  # normalise a positional input_ids into kwargs
-            kwargs = {**kwargs, "input_ids": args[0]}
-            args = args[1:]
-        if kwargs.get("position_ids") is not None or kwargs.get("inputs_embeds") is not None:
-            raise ValueError("jr_warp supports input_ids inputs without explicit position_ids")
-        kwargs["input_ids"] = _prepend(kwargs.get("input_ids"), self.prompt_token_id)
-        kwargs["attention_mask"] = _prepend(kwargs.get("attention_mask"), 1)
-        kwargs["token_type_ids"] = _prepend(kwargs.get("token_type_ids"), 0)
+        if len(args) > 1:   # a positional attention mask (the backbone's second argument) into kwargs
+            kwargs = {**kwargs, "attention_mask": args[1]}
+            args = args[:1] + args[2:]
+        if kwargs.get("attention_mask") is not None:
+            kwargs["attention_mask"] = prepend_ones(kwargs["attention_mask"], self.num_inserted)
         return args, kwargs
 
-    def _set_prompt(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
-        first = self.batch_shifts[:, 0, None, :].to(out.dtype)
-        return torch.cat([first, out[:, 1:]], dim=1)
+    def _insert(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        prompt = self.batch_shifts[:, :self.num_inserted].to(out.dtype)
+        return torch.cat([prompt, out], dim=1)
 
-    def _make_layer_hook(self, l: int):
-        def hook(module: nn.Module, args: tuple):
-            hidden = args[0]
-            shift = self.batch_shifts[:, l, None, :].to(hidden.dtype)
-            hidden = torch.cat([hidden[:, :1] + shift, hidden[:, 1:]], dim=1)
-            return (hidden,) + tuple(args[1:])
-        return hook
+    def _shift_layer(self, l: int, module: nn.Module, args: tuple):
+        hidden = args[0]
+        shift = self.batch_shifts[:, l, None, :].to(hidden.dtype)
+        hidden = torch.cat([hidden[:, :1] + shift, hidden[:, 1:]], dim=1)
+        return (hidden,) + tuple(args[1:])
+
+
+class JRWarp(PromptInsertion):
+    def __init__(self, backbone: nn.Module, d: int, **kwargs) -> None:
+        layers = families.find_layers(backbone)
+        super().__init__(backbone, d, len(layers), num_inserted=1, layer_shifts=True, **kwargs)
 
 
 def attach_jr_warp(backbone: nn.Module, config: JRWarpConfig) -> JRWarp:
     """JR-WARP on a bare backbone (freezes it; z is the only trainable tensor)."""
     backbone.requires_grad_(False)
-    adapter = JRWarp(backbone, config.d, config.prompt_token_id, projection=config.projection,
-                     projection_seed=config.seed, z_init=config.z_init)
+    adapter = JRWarp(backbone, config.d, projection=config.projection, projection_seed=config.seed,
+                     z_init=config.z_init)
     adapter.config = config
     return adapter
 
@@ -118,12 +131,6 @@ def label(config: JRWarpConfig) -> str:
     return "jr_warp " + " ".join(extra)
 
 
-def bind_tokenizer(config: JRWarpConfig, tokenizer) -> JRWarpConfig:
-    """The prompt's input id is the tokenizer's pad token (0 when it has none)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return replace_options(config, prompt_token_id=int(pad))
-
-
 SPEC = MethodSpec(name="jr_warp", options=JRWarpConfig, apply=apply, export="prompt", small_state=True,
-                  dp=DPSupport("shift"), label=label, attach=attach_jr_warp, bind_tokenizer=bind_tokenizer,
-                  summary="JR-WARP: a prompt token driven by z's per-layer shifts")
+                  dp=DPSupport("shift"), label=label, attach=attach_jr_warp,
+                  summary="JR-WARP: a prompt vector after the embeddings, driven by z's per-layer shifts")
