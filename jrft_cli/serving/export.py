@@ -9,7 +9,9 @@
 - adapters: the bottleneck adapters are stored with the weights and rebuilt by jrft's modeling code
   (an adapter cannot be folded into the backbone's weights, so there is no plain checkpoint).
 - lora: the injected LoRA layers are merged into the base weights (peft's merge) and removed.
-- CLS head without prompt or adapters: a plain `AutoModelForSequenceClassification` checkpoint.
+- CLS head without prompt or adapters: a plain `AutoModelForSequenceClassification` checkpoint; the
+  per-token head of a token task (NER) without prompt or adapters: a plain
+  `AutoModelForTokenClassification` checkpoint (its classifier is the same linear layer per token).
   Other heads (mask, first) or a prompt or adapters: the weights plus `modeling_jrft.py` (imports
   only torch and transformers), loaded with `trust_remote_code=True`.
 Every export also holds the tokenizer and `jrft_export.json` (task, labels, input format).
@@ -32,6 +34,7 @@ from jrft_cli.core.backbone import SequenceClassifier
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.files import write_json_atomic
 from jrft_cli.core.heads import TOKEN_HEADS
+from jrft_cli.tasks.kinds import kind_of
 from jrft_cli.core.registry import method_spec
 
 EXPORT_NOTE = "jrft_export.json"
@@ -80,7 +83,7 @@ def take_modules(model: SequenceClassifier) -> nn.Module:
 
 def _label_config(info: dict[str, Any]) -> dict[str, Any]:
     names = info.get("label_names") or [f"LABEL_{i}" for i in range(info["num_labels"])]
-    if info["is_regression"]:
+    if kind_of(info["task_config"]).name == "regression":
         names = [info["task"]]
     return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
@@ -127,9 +130,30 @@ class ExportResult:
 def _probe_inputs(tokenizer: Any, info: dict[str, Any]) -> dict[str, torch.Tensor]:
     mask = f" {info['mask_token']}" if info["mask_format"] else ""
     firsts = ["a short probe sentence" + mask, "another, somewhat longer probe sentence for the check" + mask]
-    pair = len(info["task_config"]["tsv"]["text_fields"]) > 1
+    pair = kind_of(info["task_config"]).is_pair(info["task_config"])
     seconds = ["and its second part", "second"] if pair else None
     return dict(tokenizer(firsts, seconds, padding=True, return_tensors="pt"))
+
+
+def _build_plain_tokens(model: SequenceClassifier, info: dict[str, Any]) -> nn.Module | None:
+    """The family's stock `AutoModelForTokenClassification` holding a per-token-head run's weights (its
+    classifier is the same one linear layer on every position), or None when the family's differs."""
+    from transformers import AutoModelForTokenClassification
+
+    config = copy.deepcopy(model.backbone.config)
+    config.num_labels = info["num_labels"]
+    for k, v in _label_config(info).items():
+        setattr(config, k, v)
+    try:
+        exported = AutoModelForTokenClassification.from_config(config)
+    except ValueError:   # the family has no token-classification model
+        return None
+    classifier = getattr(exported, "classifier", None)
+    if not isinstance(classifier, nn.Linear) or classifier.weight.shape != model.head.weight.shape:
+        return None
+    exported.base_model.load_state_dict(model.backbone.state_dict(), strict=True)
+    classifier.load_state_dict(model.head.state_dict(), strict=True)
+    return exported.eval()
 
 
 def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify: bool = True) -> ExportResult:
@@ -153,9 +177,14 @@ def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify:
         modules = take_modules(model)
     elif spec.export == "merge":
         spec.merge(model.backbone)
-    # our own heads, a prompt or adapters need modeling_jrft.py
-    remote = model.head_kind != "cls" or prompt is not None or modules is not None
-    if remote:
+    # our own heads, a prompt or adapters need modeling_jrft.py (the per-token head alone does not)
+    plain_tokens = None
+    if model.head_kind in TOKEN_HEADS and prompt is None and modules is None:
+        plain_tokens = _build_plain_tokens(model, info)
+    remote = plain_tokens is None and (model.head_kind != "cls" or prompt is not None or modules is not None)
+    if plain_tokens is not None:
+        exported = plain_tokens
+    elif remote:
         exported = _build_remote(model, info, prompt, modules)
     else:
         exported = model.hf.eval()
@@ -188,7 +217,12 @@ def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify:
 
 def export_note(info: dict[str, Any], remote: bool, run_dir: Path) -> dict[str, Any]:
     """jrft_export.json: what a user (or `jrft eval`/`predict`) needs to feed the exported model."""
-    if info["mask_format"]:
+    kind = kind_of(info["task_config"])
+    if kind.name == "tokens":
+        fmt = ("one sentence as its words, each encoded with a leading space (tokenizer(words, "
+               "is_split_into_words=True), RoBERTa-style tokenizers with add_prefix_space=True); logits are "
+               "(batch, tokens, tags): a word's tag is read at its first sub-token")
+    elif info["mask_format"]:
         fmt = (f"append the mask token {info['mask_token']!r} to the first sentence, separated by a space "
                f"(pair tasks: text1 + ' {info['mask_token']}' then text2 as the tokenizer's second sequence); "
                f"the head reads the first mask token")
@@ -199,6 +233,8 @@ def export_note(info: dict[str, Any], remote: bool, run_dir: Path) -> dict[str, 
         "format_version": 1,
         "method": info["method"],
         "head": info["head"],
+        "task_kind": kind.name,
+        "auto_class": _auto_class(kind.name),
         "remote_code": remote,
         "mask_format": info["mask_format"],
         "mask_token": info["mask_token"],
@@ -219,18 +255,27 @@ def export_note(info: dict[str, Any], remote: bool, run_dir: Path) -> dict[str, 
     }
 
 
+def _auto_class(kind: str) -> str:
+    return "AutoModelForTokenClassification" if kind == "tokens" else "AutoModelForSequenceClassification"
+
+
 def readme(note: dict[str, Any]) -> str:
     trust = ", trust_remote_code=True" if note["remote_code"] else ""
     mask = f" {note['mask_token']}" if note["mask_format"] else ""
+    auto = note.get("auto_class", "AutoModelForSequenceClassification")
+    if note.get("task_kind") == "tokens":
+        text = f'[["Peter", "lives", "in", "Berlin"]], is_split_into_words=True, '
+    else:
+        text = f'["a sentence{mask}"], '
     return f"""# jrft export: {note['task']} / {note['method']} on {note['base_model']['id']}
 
 Load (jrft not needed):
 
 ```python
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-model = AutoModelForSequenceClassification.from_pretrained(DIR{trust}).eval()
+from transformers import {auto}, AutoTokenizer
+model = {auto}.from_pretrained(DIR{trust}).eval()
 tok = AutoTokenizer.from_pretrained(DIR)
-batch = tok(["a sentence{mask}"], return_tensors="pt", truncation=True, max_length={note['max_length']})
+batch = tok({text}return_tensors="pt", truncation=True, max_length={note['max_length']})
 logits = model(**batch).logits
 ```
 
@@ -245,12 +290,14 @@ def is_export_dir(path: Path) -> bool:
 
 def load_export(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model, tokenizer, note) of an export dir, loaded through transformers' Auto classes."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     path = Path(path)
     note = json.loads((path / EXPORT_NOTE).read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=bool(note["remote_code"]))
+    auto = getattr(transformers, note.get("auto_class", "AutoModelForSequenceClassification"))
+    model = auto.from_pretrained(str(path), trust_remote_code=bool(note["remote_code"]))
     return model.eval(), AutoTokenizer.from_pretrained(str(path)), note
