@@ -21,7 +21,7 @@ COMBINED_GROUPS = ("model", "task", "method", "hardware")
 
 def test_group_choices_match_the_files():
     assert group_choices("method") == sorted(method_names())
-    assert group_choices("task") == ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"]
+    assert group_choices("task") == ["cola", "conll2003", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"]
     assert group_choices("hardware") == ["auto", "cpu", "gpu"]
     assert group_choices("logger") == ["none", "wandb"]
     assert "minilm" in group_choices("model")
