@@ -77,7 +77,7 @@ def test_projection_regenerates_from_the_seed(tmp_path):
     assert torch.equal(ma.adapter.shifts(), fresh.adapter.shifts())
 
 
-@pytest.mark.parametrize("method", ["jr_warp", "lora", "bitfit", "linear"])
+@pytest.mark.parametrize("method", ["jr_warp", "warp", "adapters", "lora", "bitfit", "linear"])
 def test_reload_restores_every_trained_parameter(method, tmp_path):
     run = make_run_dir(tmp_path / "run", [f"method={method}", "d=64"])
     saved = load_file(str(run / ADAPTER_WEIGHTS))
@@ -100,6 +100,11 @@ def test_strict_keys_and_format_checks(tmp_path):
     with pytest.raises(JrftError, match="adapter.z has shape"):
         load_artifact(run)
     info = json.loads((run / ADAPTER_CONFIG).read_text())
+    # a jr_warp run of jrft before the prompt moved after the embeddings recorded its prompt token id
+    save_file(state, str(run / ADAPTER_WEIGHTS))
+    (run / ADAPTER_CONFIG).write_text(json.dumps({**info, "method": "jr_warp", "prompt_token_id": 0}))
+    with pytest.raises(JrftError, match="trained with the prompt as a prepended input token"):
+        load_artifact(run)
     (run / ADAPTER_CONFIG).write_text(json.dumps({**info, "format_version": 99}))
     with pytest.raises(JrftError, match="version 99"):
         load_artifact(run)

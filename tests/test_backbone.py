@@ -41,7 +41,7 @@ def test_unloadable_model_is_a_one_line_error(tmp_path):
 
 
 def test_bad_head_is_a_one_line_error():
-    with pytest.raises(JrftError, match=r"method.head='pooler' is not valid; choose one of mask, last, cls"):
+    with pytest.raises(JrftError, match=r"method.head='pooler' is not valid; choose one of mask, last, first, tokens, cls"):
         SequenceClassifier(MINILM, 2, head="pooler", mask_token_id=103)
 
 
@@ -87,3 +87,17 @@ def test_regression_head_has_one_output(make_model):
     model = make_model(num_labels=1)
     assert model(torch.tensor([[101, 103, 102]])).shape == (1, 1)
     assert count_parameters(model)[0] == 22_565_376 + 385
+
+
+def test_first_and_token_heads_read_the_first_and_every_position(make_model, tokenizer):
+    batch = tokenizer(["a fine film", "a long and dull one"], padding=True, return_tensors="pt")
+    first, tokens = make_model(head="first").eval(), make_model(num_labels=5, head="tokens").eval()
+    with torch.no_grad():
+        hidden = first.backbone(**batch).last_hidden_state
+        torch.testing.assert_close(first(**batch), first.head(hidden[:, 0]))       # [CLS]
+        out = tokens(**batch)
+        assert out.shape == (2, batch["input_ids"].size(1), 5)
+        torch.testing.assert_close(out, tokens.head(tokens.backbone(**batch).last_hidden_state))
+    assert first.output_projection() is first.head
+    cls = make_model(head="cls", dropout=None)
+    assert cls.output_projection() is cls.hf.classifier

@@ -74,7 +74,7 @@ def test_predict_run_and_export_agree(run_and_export, capsys, tmp_path, monkeypa
     (["eval", "{tmp}/missing"], "target '{tmp}/missing' does not exist"),
     (["eval", "{tmp}"], "is neither a jrft run dir"),
     (["eval", "{run}", "task=sst2"], "task='sst2' does not match the target, which was trained on task 'rte'"),
-    (["eval", "{run}", "task=nope"], "task='nope' is not valid; choose one of cola, custom, mnli"),
+    (["eval", "{run}", "task=nope"], "task='nope' is not valid; choose one of cola, conll2003, custom, mnli"),
     (["eval", "{run}", "colour=red"], "unknown key 'colour'; choose one of task, split"),
     (["eval", "{run}", "batch_size=0"], "batch_size='0' is not valid"),
     (["eval", "{run}", "split=test"], "unknown split 'test'; choose train or dev"),

@@ -135,15 +135,33 @@ def test_same_seed_same_results(jr_runs):
     assert strip(read_jsonl(jr_runs[0] / METRICS_FILE)) == strip(read_jsonl(jr_runs[1] / METRICS_FILE))
 
 
-def test_lora_saves_only_lora_weights_and_classifier(tmp_path):
+def test_lora_row_trains_only_lora_weights_and_a_first_token_linear_head(tmp_path):
+    """`+row=lora_r1` is the paper's LoRA: rank-1 A and B on query and value, plus one linear layer on the
+    first token (no pooler, no dense layer in the head)."""
     run_dir = tmp_path / "lora"
-    ok(jrft_train(run_dir, *TINY, "method=lora"))
+    ok(jrft_train(run_dir, *TINY, "+row=lora_r1"))
     results = json.loads((run_dir / RESULTS_FILE).read_text())
     assert results["trainable_params"] == 9_986 and results["d"] is None and results["method"] == "lora"
     with safe_open(str(run_dir / ADAPTER_WEIGHTS), framework="pt") as f:
         keys = set(f.keys())
-    assert len(keys) == 6 * 2 * 2 + 2
-    assert all(".lora_A." in k or ".lora_B." in k for k in keys - {"hf.classifier.weight", "hf.classifier.bias"})
+    assert {"head.weight", "head.bias"} <= keys and len(keys) == 6 * 2 * 2 + 2
+    lora = keys - {"head.weight", "head.bias"}
+    assert all((".query." in k or ".value." in k) and (".lora_A." in k or ".lora_B." in k) for k in lora)
+    info = json.loads((run_dir / ADAPTER_CONFIG).read_text())
+    assert info["head"] == "first" and info["method_config"]["alpha"] == 8
+
+
+@pytest.mark.parametrize("method,overrides,trainable", [
+    ("adapters", [], 12 * (384 + 1 + 384 + 384) + 770),     # bottleneck 1 (reduction factor 768) + first-token head
+    ("warp", ["method.k=7"], 7 * 384 + 770),                  # k prompt vectors of H = 384, plus the mask head
+])
+def test_adapters_and_warp_train_on_sst2(tmp_path, method, overrides, trainable):
+    run_dir = tmp_path / method
+    ok(jrft_train(run_dir, *TINY, "task=sst2", f"method={method}", *overrides))
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    assert results["status"] == "completed" and results["method"] == method
+    assert results["trainable_params"] == trainable
+    assert 0.0 <= results["dev"]["accuracy"] <= 1.0
 
 
 def test_stsb_regression_end_to_end(tmp_path):

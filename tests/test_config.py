@@ -19,7 +19,8 @@ COMBINED_GROUPS = ("model", "task", "method", "hardware")
 
 def test_group_choices_match_the_files():
     assert group_choices("method") == sorted(method_names())
-    assert group_choices("task") == ["cola", "custom", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"]
+    assert group_choices("task") == ["cola", "conll2003", "custom", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb",
+                                     "wnli"]
     assert group_choices("hardware") == ["auto", "cpu", "gpu"]
     assert group_choices("logger") == ["none", "wandb"]
     assert "minilm" in group_choices("model")
@@ -66,7 +67,11 @@ def test_defaults_are_the_papers_choices():
     assert (cfg.task.name, cfg.method.name, cfg.model.key) == ("sst2", "jr", "minilm")
     assert (cfg.method.position, cfg.method.head, cfg.method.dropout) == ("output", "mask", 0.0)
     lora = compose(["method=lora"]).method
-    assert (lora.r, lora.target_modules, lora.head) == (1, None, "cls")   # None: the family's attention projections
+    assert (lora.r, lora.alpha, lora.target_modules, lora.head) == (1, 8, None, "first")   # None: the family's attention projections
+    bitfit = compose(["method=bitfit"]).method
+    assert (bitfit.head, bitfit.head_weights) == ("cls", "output")
+    adapters = compose(["method=adapters"]).method
+    assert (adapters.reduction_factor, adapters.head) == (768, "first")
 
 
 def test_experiment_quickstart_composes():

@@ -91,15 +91,30 @@ def test_every_job_of_every_preset_composes_parses_and_validates(experiment):
     assert len(combos) == expected, (experiment, grid)
 
 
+# the head and trainable set the paper's code uses for each row (docs/paper_fidelity.md)
+PAPER_ROWS = {"lora_r1": ("first", {"alpha": 8}), "adapters": ("first", {"reduction_factor": 768}),
+              "bitfit": ("cls", {"head_weights": "output"}), "linear": ("mask", {}), "jr_d1024": ("mask", {}),
+              "jr_warp_d1024": ("mask", {}), "warp_k20": ("mask", {"k": 20})}
+
+
+@pytest.mark.parametrize("row", sorted(PAPER_ROWS))
+def test_rows_use_the_papers_head_and_trainable_set(row):
+    head, options = PAPER_ROWS[row]
+    cfg = _compose([f"+row={row}"])
+    assert cfg.method.head == head
+    assert {k: cfg.method[k] for k in options} == options
+
+
 def test_small_glue_is_minilm_on_the_local_glue_tasks_and_every_method():
     cfg = _compose(["experiment=small_glue", "+row=jr_d1024", "task=rte"])
     assert cfg.model.key == "minilm" and cfg.hardware.device == "cpu"
     assert cfg.data.limit_train is None                      # RTE (like CoLA, MRPC, STS-B) in full
     assert _compose(["experiment=small_glue", "task=sst2"]).data.limit_train == 8000   # SST-2: a fixed subset
     jobs = _jobs("small_glue")
-    assert len(jobs) == 7 * 5
+    assert len(jobs) == 9 * 5
     assert {j["task"] for j in jobs} == {"sst2", "cola", "mrpc", "stsb", "rte"}
-    assert {j["+row"] for j in jobs} == {"full", "bitfit", "lora_r1", "linear", "jr_d64", "jr_d1024", "jr_warp_d1024"}
+    assert {j["+row"] for j in jobs} == {"full", "bitfit", "lora_r1", "adapters", "warp_k20", "linear", "jr_d64",
+                                         "jr_d1024", "jr_warp_d1024"}
     second = _jobs("small_glue", ["+row=jr_d64,jr_d1024,jr_warp_d1024", "seed=1"])   # the jr rows' second seed
     assert len(second) == 3 * 5 and {j["seed"] for j in second} == {"1"}
 
@@ -113,13 +128,14 @@ def test_small_glue_dp_is_the_private_slice_jr_and_lora_at_epsilon_8():
     assert {(j["+row"], j["task"]) for j in jobs} == {(r, t) for r in ("jr_d1024", "lora_r1") for t in ("sst2", "mrpc")}
 
 
-@pytest.mark.parametrize("size, n_rows", [("base", 8), ("large", 9)])
+@pytest.mark.parametrize("size, n_rows", [("base", 9), ("large", 10)])
 def test_paper_glue_grids(size, n_rows):
     cfg = _compose([f"experiment=paper_glue_roberta_{size}", "+row=jr_d1024", "task=sst2"])
     assert cfg.model.name == f"FacebookAI/roberta-{size}"
     jobs = _jobs(f"paper_glue_roberta_{size}")
     assert len(jobs) == n_rows * 8 * 3
-    assert {"full", "bitfit", "lora_r1", "linear", "jr_d1024", "jr_d4096", "jr_warp_d1024"} <= {j["+row"] for j in jobs}
+    assert {"full", "bitfit", "lora_r1", "adapters", "linear", "jr_d1024", "jr_d4096", "jr_warp_d1024"} <= \
+        {j["+row"] for j in jobs}
 
 
 def test_paper_dp_grid_and_profiling_compose():
@@ -128,4 +144,6 @@ def test_paper_dp_grid_and_profiling_compose():
     jobs = _jobs("paper_dp")
     assert {j["task"] for j in jobs} == {"sst2", "qnli", "qqp", "mnli"}
     assert {j["privacy.epsilon"] for j in jobs} == {"3", "8"}
-    assert {j["privacy"] for j in _jobs("paper_profiling")} == {"none", "dp"}
+    profiling = _jobs("paper_profiling")
+    assert {j["privacy"] for j in profiling} == {"none", "dp"}
+    assert {"adapters", "warp_k20", "lora_r1", "bitfit", "full", "jr_d1024"} <= {j["+row"] for j in profiling}

@@ -28,7 +28,10 @@ MINILM_CASES = {
     "jr-structured": (["method=jr", "d=256", "method.projection=structured"], True),
     "jr_warp": (["method=jr_warp", "d=256"], True),
     "jr-cls": (["method=jr", "d=256", "method.head=cls"], False),
-    "lora-cls": (["method=lora"], False),
+    "lora-cls": (["method=lora", "method.head=cls"], False),
+    "lora-first": (["method=lora"], True),
+    "adapters": (["method=adapters", "method.reduction_factor=48"], True),
+    "warp": (["method=warp", "method.k=3"], True),
     "bitfit-cls": (["method=bitfit"], False),
     "full-cls": (["method=full", "method.head=cls"], False),
     "full-mask": (["method=full"], True),
@@ -39,7 +42,11 @@ ROBERTA_CASES = {
     "jr-intermediate": (["method=jr", "d=64", "method.position=intermediate"], True),
     "jr-attention": (["method=jr", "d=64", "method.position=attention"], True),
     "jr_warp": (["method=jr_warp", "d=64"], True),
-    "lora-cls": (["method=lora"], False),
+    "warp": (["method=warp", "method.k=2"], True),
+    "adapters": (["method=adapters", "method.reduction_factor=8"], True),
+    "lora-cls": (["method=lora", "method.head=cls"], False),
+    "lora-first": (["method=lora"], True),
+    "bitfit-cls": (["method=bitfit"], False),
 }
 
 
@@ -137,6 +144,20 @@ def test_exported_weights_file_holds_no_hooks_or_projection(exports):
     assert {"head.weight", "head.bias"} <= keys
     assert not any("adapter" in k or "projection" in k or "pooler" in k for k in keys)
     assert all(k.startswith(("backbone.", "head.")) for k in keys)
+
+
+def test_adapter_and_prompt_exports_hold_their_modules(exports):
+    _, exp, _ = exports["minilm/adapters"]
+    config = json.loads((exp / "config.json").read_text())
+    assert config["jrft_adapters"] == {"size": 8, "non_linearity": "swish"}
+    keys = set(load_file(str(exp / "model.safetensors")))
+    assert {f"jrft_adapters.{i}.down.weight" for i in range(12)} <= keys
+    _, exp, _ = exports["minilm/warp"]
+    config = json.loads((exp / "config.json").read_text())
+    assert (config["jrft_prompt_rows"], config["jrft_prompt_inserted"], config["jrft_prompt_layer_shifts"]) == (3, 3, False)
+    _, exp, _ = exports["minilm/jr_warp"]
+    config = json.loads((exp / "config.json").read_text())
+    assert (config["jrft_prompt_rows"], config["jrft_prompt_inserted"], config["jrft_prompt_layer_shifts"]) == (6, 1, True)
 
 
 def test_export_refuses_a_non_empty_out_dir(exports):

@@ -28,7 +28,13 @@ CASES = {
     # FFN in 1536 + FFN out 384 + out LN 384 = 4,224) = 25,728; CLS head: pooler bias 384 + classifier 770
     "bitfit": ("bitfit", {}, "cls", 25_728 + 384 + HEAD, None),
     # r=1 on query and value: 6 layers x 2 targets x (A 1x384 + B 384x1) = 9,216; + classifier 770
-    "lora": ("lora", {"r": 1, "alpha": 2, "target_modules": ["query", "value"]}, "cls", 9_986, None),
+    "lora-cls": ("lora", {"r": 1, "alpha": 2, "target_modules": ["query", "value"]}, "cls", 9_986, None),
+    # the paper's LoRA: the same 9,216 plus one linear layer on the first token (770)
+    "lora-first": ("lora", {"r": 1}, "first", 9_986, None),
+    # Houlsby adapters, reduction factor 768 -> bottleneck 1: 12 adapters x (down 384+1 + up 384+384) = 13,836
+    "adapters": ("adapters", {}, "first", 13_836 + HEAD, None),
+    # reduction factor 16 -> bottleneck 24: 12 x (384*24+24 + 24*384+384) = 226,080
+    "adapters-rf16": ("adapters", {"reduction_factor": 16}, "first", 226_080 + HEAD, None),
     "linear": ("linear", {}, "mask", HEAD, {"head.weight", "head.bias"}),
     # z in R^d plus the head: d + 770 (the W_l are fixed buffers)
     "jr-output": ("jr", {"d": D, "position": "output"}, "mask", D + HEAD, {"adapter.z", "head.weight", "head.bias"}),
@@ -36,10 +42,13 @@ CASES = {
                         {"adapter.z", "head.weight", "head.bias"}),
     "jr-attention": ("jr", {"d": D, "position": "attention"}, "mask", D + HEAD,
                      {"adapter.z", "head.weight", "head.bias"}),
-    "jr_warp": ("jr_warp", {"d": D, "prompt_token_id": 0}, "mask", D + HEAD, {"adapter.z", "head.weight", "head.bias"}),
+    "jr_warp": ("jr_warp", {"d": D}, "mask", D + HEAD, {"adapter.z", "head.weight", "head.bias"}),
+    # k prompt vectors of H values each: k*H + 770
+    "warp": ("warp", {"k": 5}, "mask", 5 * H + HEAD, {"adapter.z", "head.weight", "head.bias"}),
 }
 # Larger than the configs' defaults: six steps on one batch should move the loss clearly.
-LR = {"full": 1e-4, "bitfit": 3e-3, "lora": 3e-3, "linear": 1e-2, "jr": 1e-2, "jr_warp": 1e-2}
+LR = {"full": 1e-4, "bitfit": 3e-3, "lora": 3e-3, "adapters": 3e-3, "linear": 1e-2, "jr": 1e-2, "jr_warp": 1e-2,
+      "warp": 1e-2}
 
 
 def fixed_batch(tokenizer, sst2_encoded, n=8):
@@ -62,7 +71,7 @@ def batch_loss(model, batch):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_method_trains_frozen_stays_and_counts(case, make_model, tokenizer, sst2_encoded):
     method, options, head, expected, names = CASES[case]
-    model = make_model(head=head, dropout=None if method in ("full", "bitfit", "lora") else 0.0)
+    model = make_model(head=head, dropout=None if method in ("full", "bitfit", "lora", "adapters") else 0.0)
     torch.manual_seed(0)
     apply_method(model, method, **options)
     trainable, total = count_parameters(model)
@@ -75,7 +84,9 @@ def test_method_trains_frozen_stays_and_counts(case, make_model, tokenizer, sst2
     if method == "full":
         assert trainable == total
     if method == "lora":
-        assert all("lora_" in n or n.startswith("hf.classifier.") for n in trainable_names)
+        assert all("lora_" in n or n.startswith(("hf.classifier.", "head.")) for n in trainable_names)
+    if method == "adapters":
+        assert all(n.startswith(("adapter.blocks.", "head.")) for n in trainable_names)
     if method == "bitfit":
         assert all(n.endswith("bias") for n in trainable_names - {"hf.classifier.weight"})
         assert "hf.classifier.weight" in trainable_names
@@ -96,7 +107,7 @@ def test_method_trains_frozen_stays_and_counts(case, make_model, tokenizer, sst2
 
     after = state_snapshot(model)
     assert after.keys() == before.keys()
-    if method.startswith("jr"):
+    if method in ("jr", "jr_warp"):
         assert any(n.startswith("adapter.projection.") for n in frozen)    # the W_l buffers are compared too
     changed = [n for n in frozen if not torch.equal(before[n], after[n])]
     assert changed == [], f"frozen tensors changed: {changed[:5]}"
@@ -106,7 +117,8 @@ def test_method_trains_frozen_stays_and_counts(case, make_model, tokenizer, sst2
 
 def test_unknown_method_and_bad_options(make_model):
     model = make_model()
-    with pytest.raises(ValueError, match=r"method='nope' is not valid; choose one of full, bitfit, lora, linear, jr, jr_warp"):
+    with pytest.raises(ValueError, match=r"method='nope' is not valid; choose one of full, bitfit, lora, adapters, linear, "
+                                         r"jr, jr_warp, warp"):
         apply_method(model, "nope")
     for d in (0, -3):
         with pytest.raises(ValueError, match=rf"SlashConfig: d={d} is not valid; it must be >= 1"):
@@ -128,7 +140,13 @@ def test_unknown_method_and_bad_options(make_model):
         apply_method(make_model(head="cls"), "lora", r=0)
     with pytest.raises(TypeError, match=r"FullOptions: unknown option 'd'; valid options: none"):
         apply_method(make_model(), "full", d=8)
-    assert method_names() == ("full", "bitfit", "lora", "linear", "jr", "jr_warp")
+    with pytest.raises(ValueError, match=r"AdapterOptions: reduction_factor=0.0 is not valid; it must be > 0"):
+        apply_method(make_model(head="first"), "adapters", reduction_factor=0)
+    with pytest.raises(ValueError, match=r"WarpOptions: k=0 is not valid; it must be >= 1"):
+        apply_method(make_model(), "warp", k=0)
+    with pytest.raises(ValueError, match=r"BitFitOptions: head_weights='dense' is not valid; choose one of output, all"):
+        apply_method(make_model(head="cls"), "bitfit", head_weights="dense")
+    assert method_names() == ("full", "bitfit", "lora", "adapters", "linear", "jr", "jr_warp", "warp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +229,7 @@ def test_slash_per_example_z_grads_sum_to_the_batch_gradient(make_model, tokeniz
 def test_jr_warp_prompt_is_s1_then_shifted_by_s_l(make_model, tokenizer, sst2_encoded):
     model = make_model().eval()
     torch.manual_seed(3)
-    apply_method(model, "jr_warp", d=64, prompt_token_id=tokenizer.pad_token_id)
+    apply_method(model, "jr_warp", d=64)
     adapter = model.adapter
     layers = find_encoder_layers(model)
     before, after = {}, {}
@@ -233,7 +251,7 @@ def test_jr_warp_prompt_is_s1_then_shifted_by_s_l(make_model, tokenizer, sst2_en
 def test_jr_warp_logits_do_not_depend_on_padding(make_model, tokenizer, sst2_encoded):
     model = make_model().eval()
     torch.manual_seed(4)
-    apply_method(model, "jr_warp", d=64, prompt_token_id=tokenizer.pad_token_id)
+    apply_method(model, "jr_warp", d=64)
     collate = make_collate(tokenizer, False)
     item = min(sst2_encoded[:16], key=lambda it: len(it["input_ids"]))
     longer = max(sst2_encoded[:16], key=lambda it: len(it["input_ids"]))
@@ -247,3 +265,120 @@ def test_jr_warp_logits_do_not_depend_on_padding(make_model, tokenizer, sst2_enc
         c = model(**extra)
     assert torch.allclose(a[0], b[0], atol=1e-5)
     assert torch.allclose(a[0], c[0], atol=1e-5)
+
+
+def test_jr_warp_keeps_the_real_tokens_positions(make_model, tokenizer, sst2_encoded):
+    """The prompt enters after the embedding layer: on an absolute-position model (MiniLM/BERT) the real
+    tokens' inputs to the first layer are exactly the plain model's, and the prompt position holds
+    s_1 (here 0). Prepending an input id instead (jrft's earlier JR-WARP) shifts every real token's
+    position by one, which this comparison catches (checked below on the same batch)."""
+    plain = make_model().eval()
+    model = make_model().eval()
+    apply_method(model, "jr_warp", d=64)
+    with torch.no_grad():
+        model.adapter.z.zero_()                      # s_l = 0 for every l
+    seen = {}
+    find_encoder_layers(plain)[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("plain", a[0].clone()))
+    find_encoder_layers(model)[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("warp", a[0].clone()))
+    batch = _inputs(tokenizer, sst2_encoded)
+    with torch.no_grad():
+        plain(**batch)
+        model(**batch)
+    B, T = batch["input_ids"].shape
+    assert seen["warp"].shape == (B, T + 1, H)
+    assert torch.equal(seen["warp"][:, 1:], seen["plain"])      # real tokens: same positions, same inputs
+    assert torch.equal(seen["warp"][:, 0], torch.zeros(B, H))   # the prompt: s_1 = 0
+    # the earlier scheme (a pad id prepended to the input ids) moves every real token one position on
+    shifted = {k: torch.cat([torch.full_like(v[:, :1], tokenizer.pad_token_id if k == "input_ids" else
+                                             int(k == "attention_mask")), v], 1) for k, v in batch.items()}
+    with torch.no_grad():
+        prepended = plain.backbone.embeddings(input_ids=shifted["input_ids"], token_type_ids=shifted["token_type_ids"])
+    assert not torch.allclose(prepended[:, 1:], seen["plain"], atol=1e-3)
+
+
+def test_warp_inserts_its_k_vectors_at_the_input_only(make_model, tokenizer, sst2_encoded):
+    model = make_model().eval()
+    torch.manual_seed(5)
+    apply_method(model, "warp", k=4)
+    prompts = model.adapter.shifts().detach()
+    assert prompts.shape == (4, H)
+    assert 0.5 < float(prompts.std() * H ** 0.5) < 2.0        # each vector ~ N(0, I/H)
+    layers = find_encoder_layers(model)
+    before, after = {}, {}
+    for l, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda m, a, l=l: before.__setitem__(l, a[0].detach().clone()), prepend=True)
+        layer.register_forward_pre_hook(lambda m, a, l=l: after.__setitem__(l, a[0].detach().clone()))
+    plain = make_model().eval()
+    plain_in = {}
+    find_encoder_layers(plain)[0].register_forward_pre_hook(lambda m, a: plain_in.__setitem__(0, a[0].clone()))
+    batch = _inputs(tokenizer, sst2_encoded)
+    with torch.no_grad():
+        model(**batch)
+        plain(**batch)
+    assert after[0].shape[1] == batch["input_ids"].size(1) + 4
+    assert torch.equal(after[0][:, :4], prompts.expand(3, -1, -1))
+    assert torch.equal(after[0][:, 4:], plain_in[0])
+    for l in range(1, L):
+        assert torch.equal(after[l], before[l])                  # no layer hooks
+
+
+def test_adapters_sit_after_each_sublayer_output_before_the_layernorm(make_model, tokenizer, sst2_encoded):
+    model = make_model(head="first").eval()
+    torch.manual_seed(6)
+    apply_method(model, "adapters", reduction_factor=48)         # bottleneck 8
+    blocks = model.adapter.blocks
+    assert len(blocks) == 2 * L and blocks[0].down.out_features == 8
+    with torch.no_grad():
+        for b in blocks:                                         # an adapter big enough to matter
+            b.up.weight.normal_(0, 0.5)
+    layers = find_encoder_layers(model)
+    raw, out, ln_in = {}, {}, {}
+    for l, layer in enumerate(layers):
+        for i, (target, ln) in enumerate(((layer.attention.output.dropout, layer.attention.output.LayerNorm),
+                                          (layer.output.dropout, layer.output.LayerNorm))):
+            key = (l, i)
+            target.register_forward_hook(lambda m, a, o, k=key: raw.__setitem__(k, o.detach().clone()), prepend=True)
+            target.register_forward_hook(lambda m, a, o, k=key: out.__setitem__(k, o.detach().clone()))
+            ln.register_forward_pre_hook(lambda m, a, k=key: ln_in.__setitem__(k, a[0].detach().clone()))
+    batch = _inputs(tokenizer, sst2_encoded)
+    with torch.no_grad():
+        adapted = model(**batch)
+    for (l, i), h in raw.items():
+        b = blocks[2 * l + i]
+        with torch.no_grad():
+            want = h + b.up(torch.nn.functional.silu(b.down(h)))
+        torch.testing.assert_close(out[(l, i)], want)
+        # the LayerNorm gets residual + adapted output: its input minus the adapter's output is the residual
+        assert not torch.allclose(ln_in[(l, i)], ln_in[(l, i)] - (want - h), atol=1e-3)
+    # zero up-projections make every adapter the identity: the plain model's logits (same head)
+    with torch.no_grad():
+        for b in blocks:
+            b.up.weight.zero_()
+            b.up.bias.zero_()
+        identity = model(**batch)
+    plain = make_model(head="first").eval()
+    plain.head.load_state_dict(model.head.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(identity, plain(**batch))
+    assert not torch.allclose(adapted, identity, atol=1e-3)
+
+
+def test_bitfit_paper_set_freezes_the_heads_dense_weight(tmp_path, tokenizer):
+    """On RoBERTa's head (dense + tanh + out_proj) the paper's BitFit trains every bias and out_proj's
+    weight, not dense's; head_weights=all trains the whole head (jrft's earlier BitFit)."""
+    from export_helpers import tiny_roberta
+
+    from jrft_cli.core.backbone import SequenceClassifier
+
+    path = str(tiny_roberta(tmp_path / "tiny-roberta"))
+    trained = {}
+    for mode in ("output", "all"):
+        model = SequenceClassifier(path, 3, head="cls", mask_token_id=4)
+        apply_method(model, "bitfit", head_weights=mode)
+        trained[mode] = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert model.output_projection() is model.hf.classifier.out_proj
+    head = {"hf.classifier.dense.weight", "hf.classifier.dense.bias", "hf.classifier.out_proj.weight",
+            "hf.classifier.out_proj.bias"}
+    assert trained["all"] - trained["output"] == {"hf.classifier.dense.weight"}
+    assert head - trained["output"] == {"hf.classifier.dense.weight"}
+    assert all(n.endswith("bias") for n in trained["output"] - {"hf.classifier.out_proj.weight"})

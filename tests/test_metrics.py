@@ -64,3 +64,19 @@ def test_every_glue_task_uses_known_metrics():
     assert TASK_METRICS["stsb"] == ("pearson", "spearman")
     assert set(TASK_METRICS["mrpc"]) == set(TASK_METRICS["qqp"]) == {"f1", "accuracy"}
     assert all(set(m) <= set(METRICS) for m in TASK_METRICS.values())
+
+
+def test_entity_metrics_by_hand():
+    from jrft_cli.tasks.metrics import entity_metrics
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-MISC", "I-MISC"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O", "B-MISC", "O"]]
+    # gold entities: PER, LOC, ORG, MISC(2 words) = 4; predicted: PER (right), ORG in s0 (wrong type),
+    # ORG in s1 (right), MISC with one word (wrong span) = 4; correct 2 -> P = R = F1 = 0.5; words 6/8 right
+    out = entity_metrics(["f1", "precision", "recall", "accuracy"], pred, gold)
+    assert out == pytest.approx({"f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.75})
+    assert entity_metrics(["f1"], [["O", "O"]], [["B-PER", "O"]]) == {"f1": 0.0}    # nothing predicted: 0, no warning
+    with pytest.raises(ValueError, match="sentence 0: 1 predicted tags for 2 words"):
+        entity_metrics(["f1"], [["O"]], [["O", "O"]])
+    with pytest.raises(ValueError, match="unknown tagging metric 'matthews'"):
+        entity_metrics(["matthews"], pred, gold)

@@ -31,7 +31,7 @@ def quiet() -> Console:
     (["train.grad_accum=-1"], r"^train.grad_accum=-1 is not valid"),
     (["train.epochs=0"], r"^train.epochs=0 is not valid; it must be > 0 \(or set train.max_steps > 0\)$"),
     (["train.lr=-1e-3"], r"^train.lr=-0.001 is not valid; it must be > 0"),
-    (["method.name=nope"], r"^method='nope' is not valid; choose one of full, bitfit, lora, linear, jr, jr_warp$"),
+    (["method.name=nope"], r"^method='nope' is not valid; choose one of full, bitfit, lora, adapters, linear, jr, jr_warp, warp$"),
 ])
 def test_validate_rejects_with_one_line(overrides, message):
     with pytest.raises(JrftError, match=message) as err:
@@ -65,7 +65,7 @@ def test_build_model_is_seeded(tokenizer):
     assert a.adapter.position == "output" and a.adapter.d == 32
     assert {m.p for m in a.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}   # jr turns dropout off
     warp = train.build_model(plain("method=jr_warp", "d=16"), tokenizer, 2)
-    assert warp.adapter.prompt_token_id == tokenizer.pad_token_id
+    assert warp.adapter.num_inserted == 1 and warp.adapter.layer_shifts
 
 
 def test_bad_settings_leave_no_run_dir(tmp_path, glue_dir):

@@ -15,7 +15,7 @@ def test_every_method_has_one_entry_and_one_yaml():
     for name in method_names():
         spec = method_spec(name)
         assert spec.name == name
-        assert spec.export in ("fold", "prompt", "merge", "plain")
+        assert spec.export in ("fold", "prompt", "merge", "plain", "modules")
         assert spec.dp.path in ("shift", "opacus")
         assert (spec.dp.opacus_mode is None) == (spec.dp.path == "shift")
         assert (spec.merge is not None) == (spec.export == "merge")
@@ -43,13 +43,22 @@ def test_labels_and_lookup_errors():
     lora = method_spec("lora")
     assert lora.row_label(lora.parse_options({"r": 4})) == "lora r=4"
     assert method_spec("full").row_label(method_spec("full").parse_options({})) == "full"
-    with pytest.raises(JrftError, match=r"method='nope' is not valid; choose one of full, bitfit, lora, linear, jr, jr_warp"):
+    assert method_spec("warp").row_label(method_spec("warp").parse_options({"k": 8})) == "warp k=8"
+    assert method_spec("adapters").row_label(method_spec("adapters").parse_options({})) == "adapters rf=768"
+    assert lora.row_label(lora.parse_options({"r": 1, "alpha": 2})) == "lora r=1 alpha=2"
+    bitfit = method_spec("bitfit")
+    assert bitfit.row_label(bitfit.parse_options({})) == "bitfit"
+    assert bitfit.row_label(bitfit.parse_options({"head_weights": "all"})) == "bitfit head=all"
+    with pytest.raises(JrftError, match=r"method='nope' is not valid; choose one of full, bitfit, lora, adapters, linear, "
+                                        r"jr, jr_warp, warp"):
         method_spec("nope")
 
 
 def test_dp_paths_and_small_state():
     fast = [n for n in method_names() if method_spec(n).dp.path == "shift"]
-    assert fast == ["linear", "jr", "jr_warp"]
-    assert [n for n in method_names() if method_spec(n).small_state] == ["linear", "jr", "jr_warp"]
+    assert fast == ["linear", "jr", "jr_warp", "warp"]
+    assert [n for n in method_names() if method_spec(n).small_state] == ["adapters", "linear", "jr", "jr_warp", "warp"]
+    assert method_spec("adapters").dp.opacus_mode == "hooks" and method_spec("adapters").export == "modules"
+    assert method_spec("warp").export == "prompt"
     assert method_spec("full").dp.freeze_shared_embeddings and method_spec("full").dp.opacus_mode == "ghost"
-    assert [n for n in method_names() if method_spec(n).has_adapter] == ["jr", "jr_warp"]
+    assert [n for n in method_names() if method_spec(n).has_adapter] == ["jr", "jr_warp", "warp"]

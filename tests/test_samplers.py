@@ -46,7 +46,7 @@ def alone_backward(model, params, single, label):
 
 FAST_CASES = [("jr", {"d": 16, "position": "output"}), ("jr", {"d": 16, "position": "intermediate"}),
               ("jr", {"d": 16, "position": "attention"}), ("jr", {"d": 16, "projection": "structured"}),
-              ("jr_warp", {"d": 16}), ("linear", {})]
+              ("jr_warp", {"d": 16}), ("warp", {"k": 3}), ("linear", {})]
 
 
 @pytest.mark.parametrize("family", ["minilm", "roberta"])
@@ -59,7 +59,6 @@ def test_fast_per_example_grads_equal_per_example_backward(family, method, opts,
     else:
         path, mask_id, pad_id = request.getfixturevalue("tiny_roberta"), MASK, PAD
         batch, singles, labels = roberta_batch()
-    opts = dict(opts, **({"prompt_token_id": pad_id} if method == "jr_warp" else {}))
     model = build(path, mask_id, method, **opts)
     params = [p for p in model.parameters() if p.requires_grad]
     sampler = ShiftGradSampler(model, params)
@@ -104,7 +103,8 @@ def manual_clipped_sum(model, params, batch, labels, C):
 @pytest.mark.parametrize("head", ["mask", "cls"])
 @pytest.mark.parametrize("C", [0.05, 1e6])     # every example clipped / none clipped (catches scaling errors)
 @pytest.mark.parametrize("method,mode", [("full", "ghost"), ("full", "hooks"), ("bitfit", "hooks"),
-                                         ("bitfit", "ghost"), ("lora", "hooks"), ("lora", "ghost")])
+                                         ("bitfit", "ghost"), ("lora", "hooks"), ("lora", "ghost"),
+                                         ("adapters", "hooks"), ("adapters", "ghost")])
 def test_opacus_clipped_sum_equals_per_example_clipping(tiny_roberta, method, mode, C, head):
     batch, _, labels = roberta_batch()
     model = build(tiny_roberta, MASK, method, head=head)

@@ -1,8 +1,10 @@
 """`jrft predict TARGET [--input FILE] [--out FILE]`: labels and scores for text lines.
 
-Input: one text per line, or `text1<TAB>text2` per line for pair tasks; from FILE or stdin.
+Input: one text per line, or `text1<TAB>text2` per line for pair tasks; from FILE or stdin. Token
+tasks (NER): one sentence per line, its words separated by whitespace.
 Output (TSV with a header): label, score (the predicted class's probability; the value for
-regression), then one probability column per class.
+regression), then one probability column per class. Token tasks: `word<TAB>tag` per line, one tag
+per input word, a blank line after each sentence (CoNLL style).
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ def main(argv: list[str]) -> int:
         if args.batch_size <= 0:
             raise JrftError(f"--batch-size={args.batch_size} is not valid; it must be a positive integer")
         from jrft_cli.serving.inference import load_target, parse_rows, predict_rows, target_task
+        from jrft_cli.tasks.kinds import kind_of
 
         target_task(args.target)   # a bad target fails before stdin is read
         check_output_path(args.out)
@@ -60,7 +63,16 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(min(torch.get_num_threads(), 4))
         target = load_target(args.target)
         records = predict_rows(target, parse_rows(lines, target.task), args.batch_size)
-        regression = target.task["is_regression"]
+        kind = kind_of(target.task)
+        if kind.name == "tokens":   # CoNLL style: `word<TAB>tag` per line, a blank line after each sentence
+            text = "".join("".join(f"{w}\t{t}\n" for w, t in zip(r["words"], r["tags"])) + "\n" for r in records)
+            dropped = sum(r["dropped"] for r in records)
+            if dropped:
+                print(f"jrft predict: {dropped} word(s) beyond the run's max length ({target.max_length} tokens) "
+                      "got no prediction and are tagged O", file=sys.stderr)
+            write_output(text, args.out, f"jrft predict: wrote tags for {len(records)} sentences to {args.out}")
+            return 0
+        regression = kind.name == "regression"
         header = ["label", "score"] + ([] if regression else target.label_names)
         rows = ["\t".join(header)]
         for r in records:

@@ -55,7 +55,6 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
     run's method settings as configured (recorded; the typed options are rebuilt from it on load)."""
     spec, options = method_spec(model.method), model.method_options
     opts = spec.options_dict(options)
-    adapter = getattr(model, "adapter", None)
     trainable, _ = count_parameters(model)
     head = model.head_kind   # as resolved for the model (decoders: the mask head reads the last token)
     return {
@@ -67,7 +66,6 @@ def run_artifact_info(model: SequenceClassifier, tokenizer: Any, *, method_confi
         "projection": opts.get("projection"),
         "projection_seed": opts.get("projection_seed"),
         "z_init": opts.get("z_init"),
-        "prompt_token_id": getattr(adapter, "prompt_token_id", None),
         "head": head,
         "mask_format": head in MASK_FORMAT_HEADS,
         "mask_token": tokenizer.mask_token,
@@ -237,8 +235,11 @@ RUN_KEYS = ("task", "task_config", "num_labels", "is_regression", "head", "mask_
 def _options_of(info: dict[str, Any]) -> Any:
     spec = method_spec(info["method"])
     values = dict(info["method_config"])
-    if info.get("prompt_token_id") is not None and "prompt_token_id" in option_names(spec.options):
-        values["prompt_token_id"] = info["prompt_token_id"]
+    if info.get("prompt_token_id") is not None:
+        # written by jrft before JR-WARP's prompt moved after the embeddings (it was an input id then,
+        # shifting BERT-style positions): the trained z belongs to another model
+        raise JrftError(f"{ADAPTER_CONFIG}: this {info['method']} run was trained with the prompt as a prepended "
+                        "input token (jrft before JR-WARP inserted it after the embeddings); retrain it with this jrft")
     try:
         return spec.parse_options(values)
     except (TypeError, ValueError) as e:
@@ -302,9 +303,6 @@ def load_artifact(run_dir: Path) -> LoadedRun:
     model = build_classifier(base["name"], info["num_labels"], info["method"], options, tokenizer=tokenizer,
                              seed=info["seed"], head=info.get("head") or method_config.get("head", "mask"),
                              dropout=method_config.get("dropout"), revision=base.get("revision"))
-    if info.get("prompt_token_id") is not None and model.adapter.prompt_token_id != info["prompt_token_id"]:
-        raise JrftError(f"jr_warp prompt token id {model.adapter.prompt_token_id} differs from the run's "
-                        f"{info['prompt_token_id']}")
     _load_state(model, weights, info["method"], checksum=info.get(WEIGHTS_CHECKSUM))
     model.eval()
     if info.get(PROBE_KEY) is not None:
@@ -343,7 +341,6 @@ def save_adapter(adapter: nn.Module, path: Path, backbone: nn.Module | None = No
         "format_version": FORMAT_VERSION,
         "method": spec.name,
         "method_config": {"name": spec.name, **spec.options_dict(options)},
-        "prompt_token_id": getattr(adapter, "prompt_token_id", None),
         "base_model": {"name": getattr(config, "_name_or_path", None),
                        "model_type": getattr(config, "model_type", None)},
         "small_state": True,

@@ -2,9 +2,9 @@
 
 Heads:
 - a linear layer on a readout of the final hidden states (core.heads): `mask` (the paper's) reads the
-  mask-token position, `last` the last non-pad token; the backbone is a plain `AutoModel` without
-  pooler. Decoder-only families have no bidirectional mask readout: on them `mask` means `last`
-  (`resolve_head`).
+  mask-token position, `last` the last non-pad token, `first` the first position (`[CLS]` / `<s>`),
+  `tokens` every position (token tasks); the backbone is a plain `AutoModel` without pooler.
+  Decoder-only families have no bidirectional readout: on them `mask` and `first` mean `last` (`resolve_head`).
 - `cls`: the model family's standard `AutoModelForSequenceClassification` head, so BitFit/LoRA/full
   runs with it export as ordinary checkpoints (decoders: transformers' last-non-pad-token head).
 
@@ -84,11 +84,12 @@ def load_config(name: str, revision: str | None = None):
 
 
 def resolve_head(head: str, config) -> str:
-    """The head a run really uses: the mask head on a decoder-only family (`config` of the model) reads
-    the last non-pad token instead (a causal model's mask position sees only what precedes it)."""
+    """The head a run really uses: the mask and first-token heads on a decoder-only family (`config` of
+    the model) read the last non-pad token instead (a causal model's mask or first position sees only
+    what precedes it)."""
     if head not in HEADS:
         raise JrftError(f"method.head={head!r} is not valid; choose one of {', '.join(HEADS)}")
-    if head in MASK_FORMAT_HEADS and families.is_decoder(config):
+    if (head in MASK_FORMAT_HEADS or head == "first") and families.is_decoder(config):
         return "last"
     return head
 
@@ -123,8 +124,8 @@ def set_dropout(model: nn.Module, p: float) -> None:
 class SequenceClassifier(nn.Module):
     """A pretrained encoder with a classification (or, num_labels=1, regression) head.
 
-    `forward` returns logits (B, num_labels). `backbone` is the transformers base model that the
-    methods hook into; `head` holds the head's own parameters.
+    `forward` returns logits (B, num_labels), or (B, T, num_labels) with the per-token head. `backbone`
+    is the transformers base model that the methods hook into; `head` holds the head's own parameters.
     """
 
     def __init__(self, name: str, num_labels: int, head: str = "mask", dropout: float | None = None,
@@ -175,17 +176,24 @@ class SequenceClassifier(nn.Module):
     def config(self):
         return self.backbone.config
 
-    @property
-    def prepended_tokens(self) -> int:
-        """Tokens the method puts in front of every input (JR-WARP's prompt token), using positions too."""
-        return int(getattr(getattr(self, "adapter", None), "prepended_tokens", 0))
-
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of the classification head (trained by every method)."""
         if self.head_kind == "cls":
             named = dict(self.hf.named_parameters())
             return [named[n] for n in self._head_names]
         return list(self.head.parameters())
+
+    def output_projection(self) -> nn.Linear:
+        """The head's last linear layer (the one producing the logits): the whole head for the linear
+        heads; the family's output projection for `cls` (BERT `classifier`, RoBERTa `classifier.out_proj`)."""
+        if self.head_kind != "cls":
+            return self.head
+        backbone_ids = {id(m) for m in self.backbone.modules()}
+        linears = [m for m in self.hf.modules() if isinstance(m, nn.Linear) and id(m) not in backbone_ids
+                   and m.out_features == self.num_labels]
+        if not linears:
+            raise JrftError(f"cannot find the output projection of {type(self.hf).__name__}'s head")
+        return linears[-1]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **_: object) -> torch.Tensor:

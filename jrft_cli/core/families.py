@@ -40,10 +40,10 @@ class Family:
                    frozen for every family.
     no_opacus:     why opacus' per-example hooks cannot run on this family (private lora/bitfit/full are
                    refused with this reason; jr, jr_warp and linear need no opacus).
-    warp_insert:   how JR-WARP adds its prompt position: `token` prepends the prompt token id to the
-                   input ids; `embeds` inserts a vector after the embeddings and keeps the real tokens'
-                   position ids (0..T-1), so a causal model's real tokens see the prompt and keep
-                   their positions.
+    warp_insert:   how JR-WARP and WARP insert their prompt positions after the embeddings:
+                   `embeddings` prepends them to the embedding module's output (encoders); `embeds`
+                   embeds the input ids itself, prepends them and passes the real tokens' position ids
+                   (0..T-1), so a causal model's real tokens see the prompt and keep their positions.
     """
     name: str
     model_types: tuple[str, ...]
@@ -54,7 +54,7 @@ class Family:
     bias_options: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     batch_shared: tuple[str, ...] = ()
     no_opacus: str | None = None
-    warp_insert: Literal["token", "embeds"] = "token"
+    warp_insert: Literal["embeddings", "embeds"] = "embeddings"
 
 
 _BERT_POSITIONS = {"output": ("output.dense",), "intermediate": ("intermediate.dense",),
@@ -135,6 +135,15 @@ def is_decoder(obj: Any) -> bool:
     return family_of(obj).decoder
 
 
+# Where a Houlsby adapter sits in one block: on the output of the sublayer's last module before the
+# residual + LayerNorm (BERT/RoBERTa: the dropout after the attention-output / FFN-output projection;
+# DistilBERT: the attention's output projection, the FFN's dropout).
+ADAPTER_PATHS: dict[str, tuple[str, ...]] = {
+    "attention": ("attention.output.dropout", "attention.out_lin"),
+    "output": ("output.dropout", "ffn.dropout"),
+}
+
+
 def find_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer blocks, found by the family's path wherever the backbone sits in a wrapper."""
     family = family_of(model)
@@ -177,6 +186,18 @@ def locate_path(layer: nn.Module, position: str, family: Family | None = None) -
     """The path (inside one block) of the module `locate` returns."""
     target = locate(layer, position, family)
     return next(name for name, module in layer.named_modules() if module is target)
+
+
+def locate_adapter(layer: nn.Module, position: str) -> nn.Module:
+    """The module inside `layer` whose output passes through a Houlsby adapter at `position`
+    (`attention` or `output`, see ADAPTER_PATHS)."""
+    for path in ADAPTER_PATHS[position]:
+        try:
+            return layer.get_submodule(path)
+        except AttributeError:
+            continue
+    raise JrftError(f"cannot find where the {position!r} adapter goes in {type(layer).__name__}; "
+                     f"looked for {', '.join(ADAPTER_PATHS[position])}")
 
 
 def out_features(module: nn.Module) -> int:

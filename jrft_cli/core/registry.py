@@ -50,16 +50,17 @@ class MethodSpec:
     attach:  for the adapter methods, the library entry on a bare backbone (`core.attach`): returns the
              adapter module; None for methods that only make sense on a classifier.
     export:  "fold" (adapter.fold(): shifts into biases), "prompt" (precomputed prompt vectors, exported
-             with jrft's modeling code), "merge" (peft's LoRA merge), "plain" (weights as they are).
+             with jrft's modeling code), "merge" (peft's LoRA merge), "plain" (weights as they are),
+             "modules" (the method's own modules, e.g. adapters, exported with jrft's modeling code).
     small_state: whether the trained state is tiny (z / head only), so a run never saves the backbone.
-    bind_tokenizer: fills options that come from the tokenizer (JR-WARP's prompt token id).
+    bind_tokenizer: fills options that come from the tokenizer (none of the built-in methods needs it).
     merge:   for export "merge", the function that merges the method's layers into the backbone.
     """
     name: str
     options: type
     apply: Callable[[nn.Module, Any], None]
     dp: DPSupport
-    export: Literal["fold", "prompt", "merge", "plain"]
+    export: Literal["fold", "prompt", "merge", "plain", "modules"]
     small_state: bool
     label: Callable[[Any], str] | None = None
     attach: Callable[[nn.Module, Any], nn.Module] | None = None
@@ -92,9 +93,11 @@ _ENTRIES: dict[str, str] = {
     "full": "full",
     "bitfit": "bitfit",
     "lora": "lora",
+    "adapters": "adapters",
     "linear": "linear",
     "jr": "jr",
     "jr_warp": "jr_warp",
+    "warp": "warp",
 }
 
 

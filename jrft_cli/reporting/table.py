@@ -25,15 +25,27 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GLUE_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
+# column order: the GLUE tasks, then CoNLL-2003 NER, then any other task by name
+TASK_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli", "conll2003"]
 TASK_NAMES = {
     "cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
-    "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI",
+    "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI", "conll2003": "CoNLL-2003",
 }
 METRIC_NAMES = {
     "accuracy": "Acc", "f1_macro": "macro-F1", "matthews": "MCC", "matthews_correlation": "MCC", "mcc": "MCC", "f1": "F1",
     "pearson": "Pearson", "pearsonr": "Pearson", "spearman": "Spearman", "spearmanr": "Spearman",
+    "precision": "P", "recall": "R",
 }
+
+
+def metric_display(name: str) -> str:
+    """`f1` -> `F1`; a later eval split's prefixed name, `test_f1` -> `test F1`."""
+    if name in METRIC_NAMES:
+        return METRIC_NAMES[name]
+    split, _, base = name.partition("_")
+    if base in METRIC_NAMES:
+        return f"{split} {METRIC_NAMES[base]}"
+    return name
 SNAPSHOTS = {"best": "best_dev", "final": "dev"}
 FORMATS = ("md", "latex", "csv")
 REQUIRED_KEYS = ("status", "task", "model", "seed", "trainable_params", "main_metric", "dev", "best_dev")
@@ -46,7 +58,7 @@ class Column:
 
     @property
     def header(self) -> str:
-        return f"{TASK_NAMES.get(self.task, self.task)} ({METRIC_NAMES.get(self.metric, self.metric)})"
+        return f"{TASK_NAMES.get(self.task, self.task)} ({metric_display(self.metric)})"
 
 
 @dataclass
@@ -211,7 +223,7 @@ def collect(paths: list[str | Path]) -> tuple[list[dict], list[tuple[Path, str]]
 
 
 def _column_sort_key(col: Column) -> tuple:
-    glue = GLUE_ORDER.index(col.task) if col.task in GLUE_ORDER else len(GLUE_ORDER)
+    glue = TASK_ORDER.index(col.task) if col.task in TASK_ORDER else len(TASK_ORDER)
     return glue, col.task, col.metric
 
 

@@ -6,11 +6,16 @@
   architecture with changed bias values: no hooks, no extra cost at inference. Where the family has
   no bias there, the config option that adds one is set when the family has it (Llama's `mlp_bias`:
   the other new biases are zero); otherwise the export is remote code that adds the bias itself.
-- jr_warp: the per-layer prompt vectors (L, H) are precomputed and stored with the weights.
+- jr_warp / warp: the prompt vectors (JR-WARP: (L, H); WARP: (k, H)) are precomputed and stored with
+  the weights; jrft's modeling code inserts them after the embeddings.
+- adapters: the bottleneck adapters are stored with the weights and rebuilt by jrft's modeling code
+  (an adapter cannot be folded into the backbone's weights, so there is no plain checkpoint).
 - lora: the injected LoRA layers are merged into the base weights (peft's merge) and removed.
-- CLS head without a prompt token: a plain `AutoModelForSequenceClassification` checkpoint.
-  Mask head (or jr_warp): the weights plus `modeling_jrft.py` (imports only torch and
-  transformers), loaded with `trust_remote_code=True`.
+- CLS head without prompt or adapters: a plain `AutoModelForSequenceClassification` checkpoint; the
+  per-token head of a token task (NER) without prompt or adapters: a plain
+  `AutoModelForTokenClassification` checkpoint (its classifier is the same linear layer per token).
+  Other heads (mask, first) or a prompt or adapters: the weights plus `modeling_jrft.py` (imports
+  only torch and transformers), loaded with `trust_remote_code=True`.
 Every export also holds the tokenizer and `jrft_export.json` (task, labels, input format).
 """
 from __future__ import annotations
@@ -33,8 +38,9 @@ from jrft_cli.core.backbone import SequenceClassifier
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.files import (ADAPTER_CONFIG, CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE, read_json_file,
                                  write_json_atomic)
+from jrft_cli.core.heads import TOKEN_HEADS
 from jrft_cli.core.registry import method_spec
-from jrft_cli.tasks.loading import text_field_count
+from jrft_cli.tasks.kinds import kind_of
 
 EXPORT_NOTE = "jrft_export.json"
 MODELING_FILE = "modeling_jrft.py"
@@ -90,25 +96,42 @@ def fold_shifts(model: SequenceClassifier) -> None:
     del model.adapter
 
 
-def take_prompt(model: SequenceClassifier) -> tuple[torch.Tensor, int]:
-    """A JR-WARP adapter's precomputed prompt vectors (L, H) and prompt token id; removes its hooks."""
+@dataclass
+class Prompt:
+    """A prompt adapter's vectors (rows, H) and layout: how many rows enter after the embeddings and
+    whether later rows shift the inserted position at each layer (JR-WARP) or not (WARP)."""
+    vectors: torch.Tensor
+    inserted: int
+    layer_shifts: bool
+
+
+def take_prompt(model: SequenceClassifier) -> Prompt:
+    """A JR-WARP / WARP adapter's precomputed prompt vectors and layout; removes its hooks."""
     adapter = model.adapter
     with torch.no_grad():
-        prompt = adapter.shifts().detach().clone()
+        vectors = adapter.shifts().detach().clone()
     adapter.remove()
     del model.adapter
-    return prompt, adapter.prompt_token_id
+    return Prompt(vectors, adapter.num_inserted, adapter.layer_shifts)
+
+
+def take_modules(model: SequenceClassifier) -> nn.Module:
+    """The method's own modules (adapters), hooks removed; they are exported beside the weights."""
+    adapter = model.adapter
+    adapter.remove()
+    del model.adapter
+    return adapter
 
 
 def _label_config(info: dict[str, Any]) -> dict[str, Any]:
     names = info.get("label_names") or [f"LABEL_{i}" for i in range(info["num_labels"])]
-    if info["is_regression"]:
+    if kind_of(info["task_config"]).name == "regression":
         names = [info["task"]]
     return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
-def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: torch.Tensor | None,
-                  prompt_token_id: int | None, extra_biases: list[str]) -> nn.Module:
+def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: Prompt | None,
+                  modules: nn.Module | None, extra_biases: list[str]) -> nn.Module:
     """The remote-code classifier (from the template) holding `model`'s weights."""
     from jrft_cli.serving.export_template.modeling_jrft import JrftClassifier
 
@@ -120,10 +143,13 @@ def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: torch
     config.jrft_mask_token_id = info["mask_token_id"]
     config.jrft_layers = families.layers_path(model.backbone)
     config.jrft_extra_biases = list(extra_biases)
-    config.jrft_prompt_layers = 0 if prompt is None else int(prompt.shape[0])
-    config.jrft_prompt_token_id = prompt_token_id
+    config.jrft_prompt_rows = 0 if prompt is None else int(prompt.vectors.shape[0])
+    config.jrft_prompt_inserted = 0 if prompt is None else prompt.inserted
+    config.jrft_prompt_layer_shifts = bool(prompt and prompt.layer_shifts)
     config.jrft_prompt_insert = families.family_of(model.backbone).warp_insert
-    config.auto_map = {"AutoModelForSequenceClassification": f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
+    config.jrft_adapters = None if modules is None else {"size": modules.size, "non_linearity": modules.non_linearity}
+    auto = "AutoModelForTokenClassification" if model.head_kind in TOKEN_HEADS else "AutoModelForSequenceClassification"
+    config.auto_map = {auto: f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
     config.architectures = [REMOTE_CLASS]
     exported = JrftClassifier(config)
     if model.head_kind == "cls":
@@ -132,7 +158,9 @@ def _build_remote(model: SequenceClassifier, info: dict[str, Any], prompt: torch
         state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
         state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
     if prompt is not None:
-        state["jrft_prompt"] = prompt
+        state["jrft_prompt"] = prompt.vectors
+    if modules is not None:
+        state.update({f"jrft_adapters.{k.removeprefix('blocks.')}": v for k, v in modules.state_dict().items()})
     exported.load_state_dict(state, strict=True)
     return exported.eval()
 
@@ -145,7 +173,7 @@ class ExportResult:
 
 
 def _probe_inputs(tokenizer: Any, info: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return probe_batch(tokenizer, info["mask_format"], text_field_count(info["task_config"]) > 1)
+    return probe_batch(tokenizer, info["mask_format"], kind_of(info["task_config"]).is_pair(info["task_config"]))
 
 
 def check_out_dir(run_dir: Path, out_dir: Path, overwrite: bool) -> None:
@@ -175,6 +203,27 @@ def check_out_dir(run_dir: Path, out_dir: Path, overwrite: bool) -> None:
 RUN_FILES = (ADAPTER_CONFIG, RESULTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
 
 
+def _build_plain_tokens(model: SequenceClassifier, info: dict[str, Any]) -> nn.Module | None:
+    """The family's stock `AutoModelForTokenClassification` holding a per-token-head run's weights (its
+    classifier is the same one linear layer on every position), or None when the family's differs."""
+    from transformers import AutoModelForTokenClassification
+
+    config = copy.deepcopy(model.backbone.config)
+    config.num_labels = info["num_labels"]
+    for k, v in _label_config(info).items():
+        setattr(config, k, v)
+    try:
+        exported = AutoModelForTokenClassification.from_config(config)
+    except ValueError:   # the family has no token-classification model
+        return None
+    classifier = getattr(exported, "classifier", None)
+    if not isinstance(classifier, nn.Linear) or classifier.weight.shape != model.head.weight.shape:
+        return None
+    exported.base_model.load_state_dict(model.backbone.state_dict(), strict=True)
+    classifier.load_state_dict(model.head.state_dict(), strict=True)
+    return exported.eval()
+
+
 def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify: bool = True) -> ExportResult:
     """Export the run in `run_dir` into `out_dir` (see the module docstring). The export is written
     next to `out_dir` and moved into place when complete, so a failure leaves an earlier export intact."""
@@ -187,19 +236,28 @@ def export_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False, verify:
     info, reference = loaded.info, loaded.model
     model = copy.deepcopy(reference)
     spec = method_spec(info["method"])
-    prompt, prompt_token_id = None, None
+    prompt, modules = None, None
     fix = BiasFix({}, [])
     if spec.export == "fold":
         fix = add_shift_biases(model)
         fold_shifts(model)
     elif spec.export == "prompt":
-        prompt, prompt_token_id = take_prompt(model)
+        prompt = take_prompt(model)
+    elif spec.export == "modules":
+        modules = take_modules(model)
     elif spec.export == "merge":
         spec.merge(model.backbone)
-    # our own heads, the prompt and biases the family cannot declare need modeling_jrft.py
-    remote = model.head_kind != "cls" or prompt is not None or bool(fix.extra_biases)
-    if remote:
-        exported = _build_remote(model, info, prompt, prompt_token_id, fix.extra_biases)
+    # our own heads, a prompt, adapters or biases the family cannot declare need modeling_jrft.py
+    # (the per-token head alone does not)
+    plain_tokens = None
+    if model.head_kind in TOKEN_HEADS and prompt is None and modules is None and not fix.extra_biases:
+        plain_tokens = _build_plain_tokens(model, info)
+    remote = plain_tokens is None and (model.head_kind != "cls" or prompt is not None or modules is not None
+                                       or bool(fix.extra_biases))
+    if plain_tokens is not None:
+        exported = plain_tokens
+    elif remote:
+        exported = _build_remote(model, info, prompt, modules, fix.extra_biases)
     else:
         exported = model.hf.eval()
         for k, v in _label_config(info).items():
@@ -246,7 +304,12 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
 
 def export_note(info: dict[str, Any], remote: bool, run_dir: Path, fix: BiasFix | None = None) -> dict[str, Any]:
     """jrft_export.json: what a user (or `jrft eval`/`predict`) needs to feed the exported model."""
-    if info["mask_format"]:
+    kind = kind_of(info["task_config"])
+    if kind.name == "tokens":
+        fmt = ("one sentence as its words, each encoded with a leading space (tokenizer(words, "
+               "is_split_into_words=True), RoBERTa-style tokenizers with add_prefix_space=True); logits are "
+               "(batch, tokens, tags): a word's tag is read at its first sub-token")
+    elif info["mask_format"]:
         fmt = (f"append the mask token {info['mask_token']!r} to the first sentence, separated by a space "
                f"(pair tasks: text1 + ' {info['mask_token']}' then text2 as the tokenizer's second sequence); "
                f"the head reads the first mask token")
@@ -260,6 +323,8 @@ def export_note(info: dict[str, Any], remote: bool, run_dir: Path, fix: BiasFix 
         "format_version": 1,
         "method": info["method"],
         "head": info["head"],
+        "task_kind": kind.name,
+        "auto_class": _auto_class(kind.name),
         "remote_code": remote,
         "mask_format": info["mask_format"],
         "mask_token": info["mask_token"],
@@ -290,18 +355,30 @@ def _portable_base_model(base: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+AUTO_CLASSES = ("AutoModelForSequenceClassification", "AutoModelForTokenClassification")
+
+
+def _auto_class(kind: str) -> str:
+    return "AutoModelForTokenClassification" if kind == "tokens" else "AutoModelForSequenceClassification"
+
+
 def readme(note: dict[str, Any]) -> str:
     trust = ", trust_remote_code=True" if note["remote_code"] else ""
     mask = f" {note['mask_token']}" if note["mask_format"] else ""
+    auto = note.get("auto_class", "AutoModelForSequenceClassification")
+    if note.get("task_kind") == "tokens":
+        text = f'[["Peter", "lives", "in", "Berlin"]], is_split_into_words=True, '
+    else:
+        text = f'["a sentence{mask}"], '
     return f"""# jrft export: {note['task']} / {note['method']} on {note['base_model']['id']}
 
 Load (jrft not needed):
 
 ```python
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-model = AutoModelForSequenceClassification.from_pretrained(DIR{trust}).eval()
+from transformers import {auto}, AutoTokenizer
+model = {auto}.from_pretrained(DIR{trust}).eval()
 tok = AutoTokenizer.from_pretrained(DIR)
-batch = tok(["a sentence{mask}"], return_tensors="pt", truncation=True, max_length={note['max_length']})
+batch = tok({text}return_tensors="pt", truncation=True, max_length={note['max_length']})
 logits = model(**batch).logits
 ```
 
@@ -335,7 +412,8 @@ def load_export(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     loads through jrft's own copy of the modeling class, and only when the dir's `modeling_jrft.py` is
     byte-identical to it (an edited one is refused; it would run for plain transformers users with
     trust_remote_code=True); a plain checkpoint loads with trust_remote_code=False."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -354,7 +432,11 @@ def load_export(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
             config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
             model = JrftClassifier.from_pretrained(str(path), config=config)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=False)
+            auto = note.get("auto_class", "AutoModelForSequenceClassification")
+            if auto not in AUTO_CLASSES:
+                raise JrftError(f"{path / EXPORT_NOTE}: auto_class {auto!r} is not one of {', '.join(AUTO_CLASSES)}; "
+                                f"{REEXPORT}")
+            model = getattr(transformers, auto).from_pretrained(str(path), trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as e:   # transformers and safetensors raise many types for a damaged checkpoint
         reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)

@@ -9,10 +9,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from jrft_cli.tasks.glue import Example, encode, make_collate
-from jrft_cli.tasks.loading import is_custom, load_split, text_field_count
 from jrft_cli.core.errors import JrftError
-from jrft_cli.tasks.evaluation import TaskInfo, evaluate, predict
+from jrft_cli.tasks.evaluation import TaskInfo, evaluate, predict, predictions
+from jrft_cli.tasks.kinds import kind_of
 
 
 class _Logits(nn.Module):
@@ -31,7 +30,7 @@ class Target:
     """A model ready for inference, with what formats its inputs and names its outputs."""
     path: Path
     kind: str                       # "run" | "export"
-    model: nn.Module                # model(**batch) -> logits (B, C)
+    model: nn.Module                # model(**batch) -> logits (B, C), token tasks (B, T, C)
     tokenizer: Any
     task: dict[str, Any]            # the task config it was trained on
     mask_format: bool
@@ -78,17 +77,16 @@ def load_target(path: str | Path, task: str | None = None) -> Target:
     data_dir = ((loaded.run_config or {}).get("data") or {}).get("dir")
     return Target(path, "run", loaded.model, loaded.tokenizer, loaded.info["task_config"],
                   bool(loaded.info["mask_format"]),
-                  _input_limit(int(loaded.info["max_length"]), loaded.tokenizer, loaded.model.config,
-                               loaded.model.prepended_tokens), data_dir)
+                  _input_limit(int(loaded.info["max_length"]), loaded.tokenizer, loaded.model.config), data_dir)
 
 
-def _input_limit(max_length: int, tokenizer: Any, config: Any, prepended: int) -> int:
+def _input_limit(max_length: int, tokenizer: Any, config: Any) -> int:
     """The run's max_length, but never beyond what the model's positions cover (runs trained before
     jrft checked data.max_length could record more; a long input would then crash the model)."""
     from jrft_cli.core.backbone import max_input_length
 
     limit = max_input_length(tokenizer, config)
-    return max_length if limit is None else min(max_length, limit - prepended)
+    return max_length if limit is None else min(max_length, limit)
 
 
 def check_task(trained: dict[str, Any], task: str | None) -> None:
@@ -111,46 +109,48 @@ def evaluate_target(target: Target, split: str | None = None, data_dir: str | No
     """(metrics, number of examples) on one eval split (default: the task's main dev split)."""
     task = target.task
     split = split or task["eval_splits"][0]["name"]
-    if data_dir is None and not is_custom(task):
-        data_dir = os.environ.get("JRFT_GLUE_DIR") or target.data_dir
-    examples = load_split(task, split, data_dir, limit)
-    data = encode(examples, target.tokenizer, mask_format=target.mask_format, max_length=target.max_length)
-    info = TaskInfo(task["is_regression"], task["metrics"], task["main_metric"])
-    collate = make_collate(target.tokenizer, task["is_regression"])
-    return evaluate(target.model, data, collate, info, batch_size, torch.device("cpu")), len(data)
+    kind = kind_of(task)
+    if data_dir is None:   # JRFT_GLUE_DIR only locates GLUE-style data
+        env = os.environ.get("JRFT_GLUE_DIR") if kind.reads_glue_dir else None
+        data_dir = env or target.data_dir
+    examples = kind.load(task, split, data_dir, limit)
+    data = kind.encode(examples, target.tokenizer, mask_format=target.mask_format, max_length=target.max_length)
+    collate = kind.collate(target.tokenizer)
+    return evaluate(target.model, data, collate, TaskInfo.from_task(task), batch_size, torch.device("cpu")), len(data)
 
 
 def parse_rows(lines: Sequence[str], task: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Input lines -> text tuples: one text per line, or `text1<TAB>text2` for pair tasks."""
-    pair = text_field_count(task) > 1
+    """Input lines -> tuples: one text per line, or `text1<TAB>text2` for pair tasks; for token tasks
+    the line's words (split on whitespace)."""
+    kind = kind_of(task)
     rows = []
     for n, line in enumerate(lines, 1):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
-        if pair:
-            parts = line.split("\t")
-            if len(parts) != 2:
-                raise JrftError(f"input line {n}: task {task['name']} takes sentence pairs, one per line as "
-                                f"'text1<TAB>text2'; got {len(parts)} field(s)")
-            rows.append((parts[0], parts[1]))
-        else:
-            rows.append((line,))
+        rows.append(kind.parse_line(line, task, n))
     return rows
 
 
 def predict_rows(target: Target, rows: Sequence[tuple[str, ...]], batch_size: int = 64) -> list[dict[str, Any]]:
     """One record per row: `label` and `score` (the predicted class's probability; the value for regression),
-    plus `probs` (one per class) for classification."""
+    plus `probs` (one per class) for classification. Token tasks: `words` and `tags` (one per word;
+    words beyond the run's max length get no prediction: tag `O`, counted in `dropped`)."""
     if not rows:
         return []
     task = target.task
-    dummy = 0.0 if task["is_regression"] else 0
-    data = encode([Example(tuple(r), dummy) for r in rows], target.tokenizer, mask_format=target.mask_format,
-                  max_length=target.max_length)
-    logits = predict(target.model, data, make_collate(target.tokenizer, task["is_regression"]), batch_size,
-                     torch.device("cpu"))
-    if task["is_regression"]:
+    kind = kind_of(task)
+    data = kind.encode(kind.blank_examples(rows), target.tokenizer, mask_format=target.mask_format,
+                       max_length=target.max_length)
+    collate = kind.collate(target.tokenizer)
+    if kind.name == "tokens":
+        names = target.label_names
+        outside = "O" if "O" in names else names[0]
+        tagged = predictions(target.model, data, collate, kind, batch_size, torch.device("cpu"))
+        return [{"words": list(r), "tags": [names[t] for t in tags] + [outside] * (len(r) - len(tags)),
+                 "dropped": len(r) - len(tags)} for r, tags in zip(rows, tagged)]
+    logits = predict(target.model, data, collate, batch_size, torch.device("cpu"))
+    if kind.name == "regression":
         return [{"label": float(v), "score": float(v)} for v in logits.squeeze(-1).tolist()]
     probs = logits.softmax(-1)
     names = target.label_names

@@ -1,6 +1,8 @@
-"""Task metrics (GLUE's, plus macro-F1 for custom tasks), computed with scikit-learn and scipy.
+"""Task metrics (GLUE's, plus macro-F1 for custom tasks), computed with scikit-learn and scipy;
+entity-level metrics of tagging tasks with seqeval.
 
-Classification metrics take argmax class ids; the correlations (STS-B) take float scores.
+Classification metrics take argmax class ids; the correlations (STS-B) take float scores; the entity
+metrics (`entity_metrics`) take one tag sequence per sentence.
 Degenerate inputs (constant predictions, a single example) give 0.0 instead of nan, silently,
 so a collapsed early checkpoint logs a number rather than a warning storm.
 """
@@ -80,4 +82,38 @@ def compute_metrics(names: Sequence[str], predictions, labels) -> dict[str, floa
             out[name] = float(skm.f1_score(y, p, average="macro", zero_division=0.0))
         else:  # matthews: sklearn already returns 0.0 when a row or column of the table is empty
             out[name] = float(skm.matthews_corrcoef(y, p))
+    return out
+
+
+ENTITY_METRICS = ("f1", "precision", "recall", "accuracy")
+
+
+def entity_metrics(names: Sequence[str], predictions: Sequence[Sequence[str]],
+                   labels: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Tagging metrics over sentences of tags (IOB strings such as `B-PER`), in the order given.
+
+    `f1`, `precision`, `recall`: entity-level micro averages by seqeval in its default (conlleval-
+    compatible) mode, as the paper's NER evaluation computes them: an entity counts only when its type
+    and its whole span are right. `accuracy`: the fraction of words whose tag is right.
+    """
+    from seqeval import metrics as sq
+
+    unknown = [n for n in names if n not in ENTITY_METRICS]
+    if unknown:
+        raise ValueError(f"unknown tagging metric {unknown[0]!r}; choose from: {', '.join(ENTITY_METRICS)}")
+    if len(predictions) != len(labels):
+        raise ValueError(f"predictions ({len(predictions)}) and labels ({len(labels)}) differ in length")
+    for i, (p, y) in enumerate(zip(predictions, labels)):
+        if len(p) != len(y):
+            raise ValueError(f"sentence {i}: {len(p)} predicted tags for {len(y)} words")
+    if sum(len(y) for y in labels) == 0:
+        raise ValueError("cannot compute metrics on zero words")
+    pred, gold = [list(p) for p in predictions], [list(y) for y in labels]
+    fns = {"f1": sq.f1_score, "precision": sq.precision_score, "recall": sq.recall_score}
+    out: dict[str, float] = {}
+    for name in names:
+        if name == "accuracy":
+            out[name] = float(sq.accuracy_score(gold, pred))
+        else:   # zero_division=0: no predicted (or no gold) entity scores 0, without a warning
+            out[name] = float(fns[name](gold, pred, zero_division=0))
     return out

@@ -267,7 +267,7 @@ class Trainer:
             labels = batch.pop("labels")
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits = self.model(**batch)
-            loss = loss_fn(logits, labels, self.task.is_regression) / len(micro)
+            loss = loss_fn(logits, labels, self.task.kind) / len(micro)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if self.world_size > 1:
@@ -305,7 +305,7 @@ class Trainer:
         with sync:
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits = self.train_model(**batch)
-            loss = loss_fn(logits, labels, self.task.is_regression, reduction="sum") * weight
+            loss = loss_fn(logits, labels, self.task.kind, reduction="sum") * weight
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.item() / self.world_size
 

@@ -100,7 +100,7 @@ class PrivateTrainer(Trainer):
             labels = batch.pop("labels")
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits = self.model(**batch)
-            losses = loss_fn(logits, labels, self.task.is_regression, reduction="none")
+            losses = loss_fn(logits, labels, self.task.kind, reduction="none")
             clipped, _ = self.sampler.clipped_sum(losses, plan.max_grad_norm)
             sums = clipped if sums is None else [a + b for a, b in zip(sums, clipped)]
             total_loss += float(losses.detach().sum())

@@ -27,8 +27,8 @@ from jrft_cli.core.files import (CONFIG_FILE, LOCK_FILE, METRICS_FILE, RESULTS_F
                                  RunDirLock, read_results, write_json_atomic)
 from jrft_cli.core.registry import MethodSpec, method_names, method_spec
 from jrft_cli.tasks.evaluation import NonFiniteOutputs, TaskInfo
-from jrft_cli.tasks.glue import encode, make_collate
-from jrft_cli.tasks.loading import load_split, resolve_task
+from jrft_cli.tasks.kinds import kind_of
+from jrft_cli.tasks.loading import resolve_task
 from jrft_cli.training import distributed, settings
 from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingFailed,
                                           TrainingInterrupted, load_checkpoint, save_checkpoint)
@@ -115,11 +115,16 @@ def method_label(cfg: dict[str, Any]) -> str:
     return method_of(cfg).row_label(method_options(cfg))
 
 
+def head_of(cfg: dict[str, Any]) -> str:
+    """The head the run uses: the method's `head`, as the task's kind takes it (token tasks: per-token)."""
+    return kind_of(cfg["task"]).head(cfg["method"].get("head", "mask"))
+
+
 def build_model(cfg: dict[str, Any], tokenizer: Any, num_labels: int) -> SequenceClassifier:
     """The backbone with its head, the method applied (deterministic for the run's seed)."""
     m = cfg["method"]
     return build_classifier(cfg["model"]["name"], num_labels, m["name"], method_options(cfg), tokenizer=tokenizer,
-                            seed=cfg["seed"], head=m.get("head", "mask"), dropout=m.get("dropout"),
+                            seed=cfg["seed"], head=head_of(cfg), dropout=m.get("dropout"),
                             revision=cfg["model"].get("revision"))
 
 
@@ -333,21 +338,24 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
     data_cfg = cfg["data"]
     task = resolve_task(cfg["task"], data_cfg)   # custom tasks: their files, labels and metrics
     tokenizer = load_tokenizer(cfg["model"]["name"], cfg["model"].get("revision"))
-    head = resolve_head(m.get("head", "mask"), load_config(cfg["model"]["name"], cfg["model"].get("revision")))
+    kind = kind_of(task)
+    head = resolve_head(head_of(cfg), load_config(cfg["model"]["name"], cfg["model"].get("revision")))
     mask_format = head in MASK_FORMAT_HEADS
-    train_ex = load_split(task, "train", data_cfg["dir"], data_cfg.get("limit_train"))
-    eval_ex = {s["name"]: load_split(task, s["name"], data_cfg["dir"], data_cfg.get("limit_eval"))
+    train_ex = kind.load(task, "train", data_cfg["dir"], data_cfg.get("limit_train"))
+    eval_ex = {s["name"]: kind.load(task, s["name"], data_cfg["dir"], data_cfg.get("limit_eval"))
                for s in task["eval_splits"]}
-    enc = lambda ex: encode(ex, tokenizer, mask_format=mask_format, max_length=data_cfg["max_length"])  # noqa: E731
+    enc = lambda ex: kind.encode(ex, tokenizer, mask_format=mask_format, max_length=data_cfg["max_length"])  # noqa: E731
     train_data, eval_sets = enc(train_ex), {k: enc(v) for k, v in eval_ex.items()}
-    num_labels = 1 if task["is_regression"] else len(task["labels"])
+    dropped = sum(it.get("dropped_words", 0) for data in eval_sets.values() for it in data)
+    if dropped and dist_info.is_main:
+        print(f"jrft: {dropped} eval word(s) lie beyond data.max_length={data_cfg['max_length']} and are not "
+              "evaluated; raise data.max_length to include them", flush=True)
+    num_labels = kind.num_labels(task)
     dp_plan = privacy_plan(cfg, len(train_data)) if is_private(cfg) else None   # before the model loads
 
     model = build_model(cfg, tokenizer, num_labels).to(device)
-    limit = max_input_length(tokenizer, model.config)
-    if limit is not None:
-        limit -= model.prepended_tokens   # tokens a method adds in front (jr_warp's prompt) need positions too
-    settings.check_max_length(data_cfg["max_length"], limit, cfg["model"]["name"])
+    # prompt positions (jr_warp, warp) take no position ids: the real tokens keep theirs
+    settings.check_max_length(data_cfg["max_length"], max_input_length(tokenizer, model.config), cfg["model"]["name"])
 
     lr = learning_rate(cfg)
     loop_cfg = LoopConfig(epochs=t["epochs"], max_steps=t["max_steps"], batch_size=t["batch_size"], lr=lr,
@@ -355,7 +363,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
                           grad_accum=t["grad_accum"], eval_every=t["eval_every"], max_grad_norm=t.get("max_grad_norm"),
                           log_every=t.get("log_every", 10), seed=cfg["seed"],
                           checkpoint_every=t.get("checkpoint_every") or 0)
-    task_info = TaskInfo(task["is_regression"], task["metrics"], task["main_metric"])
+    task_info = TaskInfo.from_task(task)
     log_cfg = cfg["logger"]
     tracker = Tracker(run_dir, cfg, use_wandb=bool(log_cfg.get("enabled")) and dist_info.is_main,
                       project=log_cfg.get("project", "jrft"), entity=log_cfg.get("entity"), group=log_cfg.get("group"),
@@ -372,7 +380,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
     try:
         if dist_info.is_main:
             tracker.print_config()
-        collate = make_collate(tokenizer, task["is_regression"])
+        collate = kind.collate(tokenizer)
         with StopSignals() as stop:
             hooks = dict(logger=tracker, on_metrics=MetricsWriter(run_dir), should_stop=stop, on_checkpoint=save)
             if dp_plan is not None:

@@ -60,16 +60,19 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
 class JointShift(nn.Module):
     """z and its projection; builds the per-batch shift tensor S (B, L, H) at every backbone forward.
 
-    The base of SLaSh and JR-WARP: `shifts()` gives all layers' s_l; `per_example_z_grads()` maps the
+    The base of SLaSh, JR-WARP and WARP: `shifts()` gives all layers' s_l; `per_example_z_grads()` maps the
     per-example shift gradients back to z (private training); `remove()` detaches every hook."""
 
     def __init__(self, backbone: nn.Module, d: int, num_layers: int, out_dim: int, projection: str = "dense",
-                 projection_seed: int = 0, z_init: str = "normal") -> None:
+                 projection_seed: int = 0, z_init: str = "normal", *, projection_module: nn.Module | None = None,
+                 z0: torch.Tensor | None = None) -> None:
+        """`projection_module` and `z0` replace the seeded projection and z's init (WARP: identity, its own init)."""
         super().__init__()
         self.d, self.num_layers, self.out_dim = d, num_layers, out_dim
         self.projection_kind, self.projection_seed, self.z_init = projection, int(projection_seed), z_init
-        self.z = nn.Parameter(init_z(d, z_init))
-        self.projection = make_projection(projection, d, num_layers, out_dim, int(projection_seed))
+        self.z = nn.Parameter(init_z(d, z_init) if z0 is None else z0)
+        self.projection = projection_module if projection_module is not None else \
+            make_projection(projection, d, num_layers, out_dim, int(projection_seed))
         self.per_example = False            # set by private training
         self.batch_shifts: torch.Tensor | None = None
         self._handles = [backbone.register_forward_pre_hook(self._begin, with_kwargs=True)]

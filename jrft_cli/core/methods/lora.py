@@ -2,6 +2,9 @@
 
 peft injects LoRA layers into the backbone in place (`inject_adapter_in_model`), so the module
 paths and our head stay as they were; `merge` folds them back into the base weights for export.
+The update is scaled by alpha / r. The paper's LoRA (adapter-transformers' `LoRAConfig(r=r)` on query
+and value) keeps that library's default alpha = 8, so its rank-1 runs scale the update by 8: jrft's
+default alpha is 8 for that reason.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ class LoraOptions:
     (None: the family's attention projections, `core.families`: query/value for BERT-style encoders,
     q_proj/v_proj for Llama-style decoders, c_attn for GPT-2...)."""
     r: int = field(default=1, metadata={"min": 1})
-    alpha: float = field(default=2.0, metadata={"min": 0, "min_exclusive": True})
+    alpha: float = field(default=8.0, metadata={"min": 0, "min_exclusive": True})
     lora_dropout: float = field(default=0.0, metadata={"min": 0})
     target_modules: Optional[tuple[str, ...]] = None
 
@@ -69,7 +72,8 @@ def merge(model: nn.Module) -> None:
 
 
 def label(options: LoraOptions) -> str:
-    return f"lora r={options.r}"
+    """`lora r=1`, plus the alpha when it is not the default 8 (`lora r=1 alpha=2`)."""
+    return f"lora r={options.r}" + ("" if options.alpha == 8 else f" alpha={options.alpha:g}")
 
 
 # Under DP: opacus per-sample hooks (measured faster than ghost clipping for LoRA: 1029 vs 1517 ms per
