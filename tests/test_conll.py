@@ -79,7 +79,7 @@ def test_bpe_words_are_encoded_as_in_running_text(tmp_path):
     encoding without add_prefix_space would split 'cat' differently)."""
     from transformers import AutoTokenizer
 
-    from export_helpers import tiny_roberta
+    from conftest import tiny_roberta
 
     tok = AutoTokenizer.from_pretrained(str(tiny_roberta(tmp_path / "tiny-roberta")))
     (item,) = encode([Sentence(("The", "cat", "sat"), (0, 0, 0))], tok, max_length=32)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 
 from jrft_cli.cli.config import config_dir, group_choices
 from jrft_cli.cli.hydra_callbacks import expand_sweep
-from jrft_cli.core.registry import method_spec
+from jrft_cli.core.registry import RECIPE_KEYS, method_spec
 from jrft_cli.training.recipe import validate
 
 
@@ -53,8 +53,8 @@ def _check_job(overrides: list[str]) -> dict[str, Any]:
         assert cfg["method"]["name"] == method
         if d is not None:
             assert cfg["d"] == options.d == d
-        for key, value in values:
-            assert getattr(options, key) == value, key
+        for key, value in values:   # recipe keys (head, lr, ...) stay in the config; options are the method's
+            assert (cfg["method"][key] if key in RECIPE_KEYS else getattr(options, key)) == value, key
     if "task" in job:
         assert cfg["task"]["name"] == job["task"]
     if "privacy" in job:

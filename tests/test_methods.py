@@ -366,7 +366,7 @@ def test_adapters_sit_after_each_sublayer_output_before_the_layernorm(make_model
 def test_bitfit_paper_set_freezes_the_heads_dense_weight(tmp_path, tokenizer):
     """On RoBERTa's head (dense + tanh + out_proj) the paper's BitFit trains every bias and out_proj's
     weight, not dense's; head_weights=all trains the whole head (jrft's earlier BitFit)."""
-    from export_helpers import tiny_roberta
+    from conftest import tiny_roberta
 
     from jrft_cli.core.backbone import SequenceClassifier
 

@@ -277,7 +277,7 @@ DP_REFUSED = {
 def test_private_clipped_sums_equal_per_example_clipping(family, models):
     """Under privacy=dp each method's sampler (jr/jr_warp/linear: the fast path; lora/bitfit/full:
     opacus) clips every example's own gradient, on every family."""
-    from jrft_cli.dp.private import freeze_shared_embeddings, make_sampler
+    from jrft_cli.dp.samplers import freeze_shared_embeddings, make_sampler
     from jrft_cli.core.registry import method_spec
 
     tok = load_tokenizer(str(models[family]))

@@ -211,13 +211,17 @@ def _check_agreement(path: Path, info: dict[str, Any]) -> None:
         regression = task.get("is_regression")
         num_labels = 1 if regression else len(task.get("labels") or [])
         head = method_config.get("head", "mask")
+        # the head a run records is the configured one, or what it becomes: per-token on token tasks,
+        # the last token on decoders (core.backbone.resolve_head)
+        becomes = {head, "tokens"} | ({"last"} if head in (*MASK_FORMAT_HEADS, "first") else set())
+        recorded = info["head"] if info["head"] in becomes else head
         pairs += [
             ("task", info["task"], "task_config.name", task.get("name")),
             ("is_regression", info["is_regression"], "task_config.is_regression", regression),
             ("num_labels", info["num_labels"], "the task's label count", num_labels),
             ("label_names", info.get("label_names"), "task_config.label_names", task.get("label_names")),
-            ("head", info["head"], "method_config.head", head),
-            ("mask_format", info["mask_format"], "the head's input format", head in MASK_FORMAT_HEADS),
+            ("head", info["head"], "method_config.head", recorded),
+            ("mask_format", info["mask_format"], "the head's input format", recorded in MASK_FORMAT_HEADS),
         ]
     for key, top, other, copy in pairs:
         if top != copy:

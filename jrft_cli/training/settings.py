@@ -144,6 +144,7 @@ OPEN_SECTIONS: dict[str, dict[str, Rule]] = {
         "metrics": Rule("str_list"),
         "main_metric": Rule("str"),
         "eval_splits": Rule("any"),
+        "kind": Rule("str", null=True, choices=("classification", "regression", "tokens")),
     },
 }
 # A custom task (task=custom, `loader: files`) fills labels, regression and metrics from its data
@@ -158,6 +159,8 @@ CUSTOM_TASK_RULES: dict[str, Rule] = {
     "main_metric": Rule("str", null=True, note="(null = the first of task.metrics)"),
 }
 CUSTOM_TASK_KEYS = ("name", "loader", "text_fields", "label_field", "eval_splits")
+# A token task (`kind: tokens`, tasks.conll): CoNLL files under data.dir/<dir_name>, or the Hub.
+TOKEN_TASK_KEYS = ("name", "kind", "labels", "metrics", "main_metric", "eval_splits", "dir_name", "train_file", "hub")
 # Keys the code indexes directly: a config without them (e.g. `~train.lr`) is refused by name.
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "": ("seed",),
@@ -166,7 +169,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "hardware": ("device",),
     "logger": ("enabled",),
     "model": ("name",),
-    "task": ("name", "is_regression", "labels", "metrics", "main_metric", "eval_splits", "tsv", "hub", "glue_dir"),
+    "task": ("name", "is_regression", "labels", "metrics", "main_metric", "eval_splits", "tsv", "hub", "glue_dir"),   # GLUE
     "method": ("name",),
 }
 CHECKED_ELSEWHERE = ("method",)
@@ -249,6 +252,8 @@ def check(cfg: dict[str, Any]) -> None:
         values = cfg.get(section, {}) if section else cfg
         if section == "task" and custom:
             keys = CUSTOM_TASK_KEYS
+        elif section == "task" and cfg["task"].get("kind") == "tokens":
+            keys = TOKEN_TASK_KEYS
         absent = [k for k in keys if not isinstance(values, dict) or k not in values]
         if absent:
             raise JrftError(f"{_name(section, absent[0])} is missing from the config; restore it (conf/ holds "
