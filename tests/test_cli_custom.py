@@ -108,7 +108,7 @@ def llama_runs(csv_task, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     return runs
 
 
-@pytest.mark.parametrize("name,head", [("jr", "last"), ("lora", "cls"), ("jr-dp", "last")])
+@pytest.mark.parametrize("name,head", [("jr", "last"), ("lora", "last"), ("jr-dp", "last")])   # LoRA: first token -> last on decoders
 def test_a_tiny_llama_trains_with_jr_lora_and_private_jr(name, head, llama_runs):
     run_dir, results = llama_runs[name]
     assert results["status"] == "completed" and results["model"] == "llama" and results["head"] == head

@@ -48,9 +48,10 @@ REMOTE_BIASES = {"mistral", "qwen2", "gemma", "phi3"}
 
 
 def expect_remote(family: str, case: str) -> bool:
-    """Remote code for our own heads and the prompt; CLS-head exports are plain unless a bias is missing."""
-    if case in ("lora", "bitfit"):
-        return False
+    """Remote code for our own heads (LoRA's first-token head too) and the prompt; CLS-head exports are plain
+    unless a bias is missing."""
+    if case == "bitfit":
+        return False            # the family's CLS head; LoRA's paper head (first token) is jrft's own
     if case in ("jr-cls", "jr-intermediate-cls", "jr-attention-cls"):
         return family in REMOTE_BIASES
     return True

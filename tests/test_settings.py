@@ -50,7 +50,7 @@ def plain(*overrides: str) -> dict:
     (["run.save_trainable=maybe"], "run.save_trainable='maybe' is not valid; it must be true or false"),
     (["model.name=3"], "model.name=3 is not valid; it must be a string"),
     (["method.lr=abc"], "method.lr='abc' is not valid; it must be a number"),
-    (["method.head=pooler"], "method.head='pooler' is not valid; choose one of mask, last, cls"),
+    (["method.head=pooler"], "method.head='pooler' is not valid; choose one of mask, last, first, tokens, cls"),
     (["method.dropout=1"], "method.dropout=1 is not valid; it must be in [0, 1)"),
     (["+train.lrr=1"], "train.lrr is not a setting of the train section (did you mean 'train.lr'?)"),
     (["+seeed=1"], "seeed is not a setting of the config (did you mean 'seed'?)"),

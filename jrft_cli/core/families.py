@@ -78,7 +78,9 @@ FAMILIES: tuple[Family, ...] = (
            {"output": ("mlp.Wo",), "intermediate": ("mlp.Wi",), "attention": ("attn.Wo",)}, ("Wqkv",),
            bias_options={"output": ("mlp_bias", ("mlp.Wi", "mlp.Wo")),
                          "intermediate": ("mlp_bias", ("mlp.Wi", "mlp.Wo")),
-                         "attention": ("attention_bias", ("attn.Wqkv", "attn.Wo"))}),
+                         "attention": ("attention_bias", ("attn.Wqkv", "attn.Wo"))},
+           # rotary positions are computed from the input length before the embeddings: pass them explicitly
+           warp_insert="embeds"),
     # decoders
     Family("gpt2", ("gpt2",), "h",
            {"output": ("mlp.c_proj",), "intermediate": ("mlp.c_fc",), "attention": ("attn.c_proj",)}, ("c_attn",),

@@ -72,7 +72,7 @@ def load_target(path: str | Path, task: str | None = None) -> Target:
     if is_export_dir(path):
         hf, tokenizer, note = load_export(path)
         return Target(path, "export", _Logits(hf), tokenizer, note["task_config"], bool(note["mask_format"]),
-                      _input_limit(int(note["max_length"]), tokenizer, hf.config, 0), None)
+                      _input_limit(int(note["max_length"]), tokenizer, hf.config), None)
     loaded = load_artifact(path)
     data_dir = ((loaded.run_config or {}).get("data") or {}).get("dir")
     return Target(path, "run", loaded.model, loaded.tokenizer, loaded.info["task_config"],
