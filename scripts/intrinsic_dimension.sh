@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# d90 of SLaSh on MiniLM (docs/results/intrinsic_dimension.md): full-finetuning references on SST-2 and
+# STS-B (conf/experiment/intrinsic_dimension.yaml: first 2,000 training rows, 2 epochs), then four
+# `jrft search-d` runs: each task with the dense and the structured projection, target 0.9.
+#   JRFT_GLUE_DIR=../shared/glue scripts/intrinsic_dimension.sh [extra overrides, e.g. hydra/launcher=slurm]
+# Rerunning it resumes: finished runs and probes are reused, interrupted ones resume from their checkpoints.
+# OUT chooses where the runs go (default outputs/intrinsic_dimension); JRFT the command (default jrft);
+# PUBLISH=1 then copies the runs' results.json files and the searches' reports into
+# docs/results/intrinsic_dimension/ (no checkpoints, no weights).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export JRFT_GLUE_DIR=${JRFT_GLUE_DIR:-$(cd ../shared/glue 2>/dev/null && pwd || echo "")}
+OUT=${OUT:-outputs/intrinsic_dimension}
+read -r -a JRFT <<< "${JRFT:-jrft}"
+COMMON=(experiment=intrinsic_dimension logger=none "$@")
+
+# References: full finetuning at its default lr (2e-5) on SST-2; at 1e-4 on STS-B, where 2e-5 leaves the
+# regression head far from the label scale after 125 steps (docs/results/small_glue.md: Pearson 16 at 2e-5).
+"${JRFT[@]}" train "${COMMON[@]}" task=sst2 method=full hydra.run.dir="$OUT/reference/sst2_full"
+"${JRFT[@]}" train "${COMMON[@]}" task=stsb method=full train.lr=1e-4 hydra.run.dir="$OUT/reference/stsb_full"
+
+for projection in dense structured; do
+  for task in sst2 stsb; do
+    "${JRFT[@]}" search-d "${COMMON[@]}" task=$task method=jr method.projection=$projection \
+      --reference "$OUT/reference/${task}_full" --target 0.9 --seeds 0 --d-start 16 --d-max 8192 \
+      --steps-per-octave 2 --dir "$OUT/${task}_$projection"
+  done
+done
+
+if [ "${PUBLISH:-0}" = 1 ]; then
+  DEST=docs/results/intrinsic_dimension
+  rm -rf "$DEST"
+  (cd "$OUT" && find . -name results.json -o -name 'search_d.*') | while read -r f; do
+    mkdir -p "$DEST/$(dirname "$f")" && cp "$OUT/$f" "$DEST/$f"
+  done
+  echo "published $DEST"
+fi
