@@ -15,7 +15,6 @@ neighbouring grid points, and every probe's score is in the table to judge by.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -356,4 +355,4 @@ def reference_score(value: str, task: str, model: str, snapshot: str, main_metri
     if not isinstance(score, (int, float)):
         raise JrftError(f"--reference {value!r}: its results.json has no {snap}[{main_metric!r}]")
     label = results.get("method_label") or results.get("method")
-    return float(score), f"{label} run {os.path.abspath(results_path.parent)}"
+    return float(score), f"{label} run {value}"
