@@ -46,10 +46,20 @@ class JRWarp(JointShift):
         super().__init__(backbone, d, len(layers), backbone.config.hidden_size, **kwargs)
         self.prompt_token_id = int(prompt_token_id)
         self._folded: torch.Tensor | None = None
-        self._handles.append(embeddings.register_forward_hook(self._set_prompt))
+        self._hook(embeddings, "forward_hook", self._set_prompt)
         for l, layer in enumerate(layers):
             if l > 0:
-                self._handles.append(layer.register_forward_pre_hook(self._make_layer_hook(l)))
+                self._hook(layer, "forward_pre_hook", self._make_layer_hook(l))
+
+    # The prompt token changes the inputs the backbone sees (one more position), so JR-WARP tasks share a
+    # forward pass only with each other (see JointShift.share_key / layout_key).
+    @property
+    def share_key(self) -> tuple:
+        return (type(self).__name__, self.prompt_token_id)
+
+    @property
+    def layout_key(self) -> tuple | None:
+        return ("prompt", self.prompt_token_id)
 
     def shifts(self) -> torch.Tensor:
         if self._folded is not None:
