@@ -52,6 +52,16 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                     [[r["kind"], str(r["layers"]), str(r["hidden"]), str(r["d"]), f"{r['batch_size']} x {r['seq_len']}",
                       _fmt(r["shift_ms"], ".2f"), _fmt(r["jr_step_ms"]), _fmt(r["fraction"], ".2%")]
                      for r in report["shift_vs_step"]]))
+    if report.get("multitask"):
+        out.append(("Many tasks in one batch (same batch; vs the single-task jr model)",
+                    ["model", "tasks in the batch", "median ms", "q1-q3 ms", "vs jr (1 task)"],
+                    [[r["model"], str(r["tasks"]), _fmt(r["median_ms"]), f"{r['q1_ms']:.0f}-{r['q3_ms']:.0f}",
+                      _fmt(r["vs_jr_single"], ".3f")] for r in report["multitask"]]))
+    if report.get("serving"):
+        out.append(("Serving (jrft serve, one-text requests of random tasks)",
+                    ["tasks served", "concurrency", "requests", "requests/s", "p50 ms", "p99 ms", "mean batch"],
+                    [[str(r["tasks"]), str(r["concurrency"]), str(r["requests"]), _fmt(r["requests_per_s"]),
+                      _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), _fmt(r["mean_batch"])] for r in report["serving"]]))
     if report.get("targets"):
         out.append(("Targets", ["target", "value", "goal", "met", "from"],
                     [[t["name"], _fmt(t["value"], ".3f"), t["target"], "yes" if t["met"] else "**no**", t["detail"]]

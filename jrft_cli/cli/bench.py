@@ -51,6 +51,10 @@ _positive = _int_at_least(1, "positive")
 _non_negative = _int_at_least(0, "non-negative")
 
 
+# Sections run only when named in --only: many tasks on one backbone (jrft_cli.bench.multitask).
+EXTRA_SECTIONS = ("multitask", "serving")
+
+
 def parser() -> argparse.ArgumentParser:
     from jrft_cli.bench.sections import METHOD_CHOICES, SECTIONS
 
@@ -68,8 +72,18 @@ def parser() -> argparse.ArgumentParser:
                         "structured row; naive_jr is the reference jr, dense W_l parameters + opacus)")
     p.add_argument("--private", action=argparse.BooleanOptionalAction, default=True,
                    help="measure private (DP-SGD) steps too (default: yes)")
-    p.add_argument("--only", type=_choice_list(SECTIONS, "--only"), default=list(SECTIONS),
-                   help=f"comma list of sections from {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--only", type=_choice_list(SECTIONS + EXTRA_SECTIONS, "--only"), default=list(SECTIONS),
+                   help=f"comma list of sections from {','.join(SECTIONS + EXTRA_SECTIONS)} (default: "
+                        f"{','.join(SECTIONS)}; {' and '.join(EXTRA_SECTIONS)} only when named)")
+    p.add_argument("--task-counts", type=_int_list, default=[1, 8, 64],
+                   help="multitask: numbers of tasks mixed in the batch (default 1,8,64)")
+    p.add_argument("--lora-r", type=_positive, default=8, help="multitask: rank of the PEFT LoRA adapters (default 8)")
+    p.add_argument("--serve-task-counts", type=_int_list, default=[1, 64],
+                   help="serving: numbers of tasks served (default 1,64)")
+    p.add_argument("--serve-concurrency", type=_positive, default=16, help="serving: concurrent clients (default 16)")
+    p.add_argument("--serve-requests", type=_positive, default=256, help="serving: requests in all (default 256)")
+    p.add_argument("--serve-max-batch", type=_positive, default=64, help="serving: server's --max-batch-size (64)")
+    p.add_argument("--serve-max-wait-ms", type=float, default=5.0, help="serving: server's --max-wait-ms (5)")
     p.add_argument("--d", type=_positive, default=1024, help="size of z for jr / jr_warp / naive_jr (default 1024)")
     p.add_argument("--repeats", type=_positive, default=20, help="inference: timed round-robin repeats (default 20)")
     p.add_argument("--proj-layers", type=_positive, default=24, help="projection section: L (default 24, RoBERTa-large)")
@@ -234,12 +248,44 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             else:
                 report["shift_vs_step"] = bench.shift_vs_step(L, h, args.shift_d, args.shift_batch, args.shift_seq,
                                                               steps=3, warmup=1, device=device, log=log)
+    if "multitask" in args.only or "serving" in args.only:
+        _multitask_sections(args, report, model_name, log)
     report["targets"] = bench.targets(report)
+    if "multitask" in report:
+        from jrft_cli.bench.multitask import targets as multitask_targets
+
+        report["targets"] += multitask_targets(report)
     for t in report["targets"]:
         if not t["met"]:
             report["notes"].append(f"target missed: {t['name']} = {t['value']:.3f} (goal {t['target']}; {t['detail']})")
     env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return report
+
+
+def _multitask_sections(args: argparse.Namespace, report: dict[str, Any], model_name: str, log) -> None:
+    """Mixed-task batches against single-task jr and PEFT LoRA with N adapters; serving throughput."""
+    import os
+
+    from jrft_cli.bench import multitask
+    from jrft_cli.core.backbone import load_tokenizer
+
+    tokenizer = load_tokenizer(model_name)
+    task = _compose(["task=sst2"])["task"]
+    report["config"].update(task_counts=args.task_counts, lora_r=args.lora_r)
+    if "multitask" in args.only:
+        report["multitask"] = multitask.mixed_batch_rows(
+            model_name, tokenizer, task, task_counts=args.task_counts, batch_size=args.batch_size,
+            seq_len=args.seq_len, d=args.d, lora_r=args.lora_r, rounds=args.repeats, warmup=args.warmup, log=log)
+    if "serving" in args.only:
+        report["config"].update(serve_task_counts=args.serve_task_counts, serve_concurrency=args.serve_concurrency,
+                                serve_requests=args.serve_requests, serve_max_batch=args.serve_max_batch,
+                                serve_max_wait_ms=args.serve_max_wait_ms)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                                         os.environ.get("PYTHONPATH")]))}
+        report["serving"] = multitask.serving_rows(
+            model_name, tokenizer, task, task_counts=args.serve_task_counts, d=args.d, seq_len=args.seq_len,
+            concurrency=args.serve_concurrency, requests=args.serve_requests, max_batch_size=args.serve_max_batch,
+            max_wait_ms=args.serve_max_wait_ms, threads=args.threads, env=env, log=log)
 
 
 def main(argv: list[str]) -> int:
