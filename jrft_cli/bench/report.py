@@ -90,7 +90,9 @@ def markdown(report: dict[str, Any]) -> str:
                      + f" on {env['cpu_count']} CPUs: a load above the CPU count means other jobs shared "
                        "them, which inflates absolute times and widens the quartiles; the rows are "
                        "interleaved (see Settings), so ratios suffer less than absolute times.")
-    lines += ["",
+    lines.append("")
+    if any(report.get(k) for k in ("train", "private", "inference", "projection", "shift_vs_step")):
+        lines += [
               f"Settings: every training and private row is built and warmed up ({cfg['warmup']} untimed "
               f"steps, at least one) in turn, then timed over {cfg['steps']} round-robin rounds (one step of "
               "every row per round, a method's private row right after its non-private one, so load drifting "
@@ -106,6 +108,19 @@ def markdown(report: dict[str, Any]) -> str:
                             "optimizer state, not the model weights; freed heap goes back to the OS "
                             "(malloc_trim) between rows, but allocator reuse can still hide some growth."),
               ""]
+    if report.get("multitask"):
+        lines += [f"Many tasks: {max(cfg['task_counts'])} synthetic jr tasks (d = {cfg['d']}: random z and heads, saved "
+                  "and loaded as run artifacts), the same batch of synthetic texts (row i of task i mod N) through "
+                  "the single-task jr classifier (hooks, as `jrft predict` runs a run dir), serving.multitask with N "
+                  f"tasks, and PEFT LoRA r = {cfg['lora_r']} with N adapters (`adapter_names`, one per row) plus the "
+                  f"same per-row head gather; {cfg['inference_repeats']} round-robin rounds after {cfg['warmup']} "
+                  "warm-up calls each; median and quartiles.", ""]
+    if report.get("serving"):
+        lines += [f"Serving: `jrft serve` in a subprocess (--max-batch-size {cfg['serve_max_batch']}, --max-wait-ms "
+                  f"{cfg['serve_max_wait_ms']}) with each number of tasks; {cfg['serve_concurrency']} client threads "
+                  f"send {cfg['serve_requests']} one-text requests in all, each of a random task, back to back; "
+                  "requests/s over the whole run, latency per request (p99: the 99th percentile), mean rows per "
+                  "forward pass from the server's counters.", ""]
     for title, header, rows in tables(report):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
                   "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
