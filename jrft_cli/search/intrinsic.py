@@ -269,6 +269,15 @@ class SearchResult:
         }
 
 
+def load_result(root: Path) -> SearchResult:
+    """The search recorded in <root>/search_d.json (as its last launch left it)."""
+    state = json.loads((Path(root) / STATE_FILE).read_text())
+    settings = SearchSettings(**state["settings"])
+    probes = [Probe(p["d"], p["seeds"], p["scores"], p["run_dirs"], p.get("trainable_params"), p.get("passed"))
+              for p in state["probes"]]
+    return SearchResult(settings, probes, state.get("answer"), state.get("below"), bool(state.get("finished")))
+
+
 def _check_settings(root: Path, settings: SearchSettings) -> None:
     path = root / STATE_FILE
     if not path.is_file():

@@ -24,12 +24,12 @@ def answer_line(result: SearchResult) -> str:
     return f"d{100 * s.target:g} = {result.answer} (bracket: {below}, d = {result.answer} passes)"
 
 
-def render_table(result: SearchResult) -> str:
-    """Markdown: the settings, one row per probe (in d order), and the answer."""
+def render_table(result: SearchResult, level: int = 1) -> str:
+    """Markdown: a heading of `level`, the settings, one row per probe (in d order), and the answer."""
     s = result.settings
     metric = s.main_metric
     lines = [
-        f"# search-d: {TASK_NAMES.get(s.task, s.task)}, {s.method} ({' '.join(s.overrides) or 'defaults'})",
+        f"{'#' * level} search-d: {TASK_NAMES.get(s.task, s.task)}, {s.method} ({' '.join(s.overrides) or 'defaults'})",
         "",
         f"- Reference: {100 * s.reference:.1f} ({metric}, {s.reference_source}); target {s.target:g} x reference "
         f"= **{100 * s.target_score:.1f}**",
