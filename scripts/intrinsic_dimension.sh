@@ -4,13 +4,15 @@
 # `jrft search-d` runs: each task with the dense and the structured projection, target 0.9.
 #   JRFT_GLUE_DIR=../shared/glue scripts/intrinsic_dimension.sh [extra overrides, e.g. hydra/launcher=slurm]
 # Rerunning it resumes: finished runs and probes are reused, interrupted ones resume from their checkpoints.
-# OUT chooses where the runs go (default outputs/intrinsic_dimension); JRFT the command (default jrft);
+# OUT chooses where the runs go (default outputs/intrinsic_dimension); SEEDS the probes' seeds (default 0,1;
+# a relaunch with more seeds trains only the new seeds' runs); JRFT the command (default jrft);
 # PUBLISH=1 then copies the runs' results.json files and the searches' reports into
 # docs/results/intrinsic_dimension/ (no checkpoints, no weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JRFT_GLUE_DIR=${JRFT_GLUE_DIR:-$(cd ../shared/glue 2>/dev/null && pwd || echo "")}
 OUT=${OUT:-outputs/intrinsic_dimension}
+SEEDS=${SEEDS:-0,1}     # a probe passes on the mean over these seeds
 read -r -a JRFT <<< "${JRFT:-jrft}"
 COMMON=(experiment=intrinsic_dimension logger=none "$@")
 
@@ -37,7 +39,7 @@ for projection in dense structured; do
   for task in sst2 stsb; do
     default=16; [ "$task" = stsb ] && default=1024
     "${JRFT[@]}" search-d "${COMMON[@]}" task=$task method=jr method.projection=$projection train.lr=3e-2 \
-      --reference "$OUT/reference/${task}_full" --target 0.9 --seeds 0 --d-start "$(start_of $task $projection $default)" \
+      --reference "$OUT/reference/${task}_full" --target 0.9 --seeds "$SEEDS" --d-start "$(start_of $task $projection $default)" \
       --d-max 8192 --steps-per-octave 2 --dir "$OUT/${task}_$projection"
   done
 done

@@ -126,11 +126,24 @@ def test_jrft_table_reads_the_probes(first_launch, capsys):
     assert "| jr d=2 (772) |" in out and "| jr d=1 (771) |" in out and "(n=2)" in out
 
 
-def test_relaunch_with_other_settings_is_refused(first_launch):
+def test_relaunch_with_other_overrides_is_refused(first_launch):
     root, args, _ = first_launch
-    proc = _search_d([a if a != "0.05" else "0.06" for a in args], root)
+    proc = _search_d([a if a != "train.max_steps=1" else "train.max_steps=2" for a in args], root)
     assert proc.returncode == 2
-    assert "holds a search with reference=0.05, not 0.06" in proc.stderr
+    assert "holds a search with overrides=" in proc.stderr and "use another --dir" in proc.stderr
+
+
+def test_relaunch_with_fewer_seeds_and_another_reference_reuses_the_runs(first_launch):
+    # settings other than the overrides may change: the search replays over the runs already there
+    root, args, _ = first_launch
+    changed = [{"0,1": "1", "0.05": "0.06"}.get(a, a) for a in args]
+    proc = _search_d(changed, root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "0 probe(s) trained, 2 reused" in proc.stdout
+    state = json.loads((root / "search" / "search_d.json").read_text())
+    assert state["settings"]["seeds"] == [1] and state["settings"]["reference"] == 0.06
+    assert [len(p["scores"]) for p in state["probes"]] == [1, 1]
+    assert _search_d(args, root).returncode == 0       # back to the first settings for the other tests
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,8 +8,8 @@ train` run per seed; it passes when the mean of its seeds' scores is at least ta
 
 The search is a pure function of the probes' outcomes (`walk`), so a search dir resumes by replaying it:
 a probe whose run dirs all hold a completed results.json is read back, never trained again; a probe with
-missing or interrupted runs is launched again, and `jrft train` resumes an interrupted run from its
-checkpoint. Bisection assumes the score grows with d; with noisy scores it still ends, at a bracket of
+missing or interrupted runs is launched again (only its missing seeds), and `jrft train` resumes an
+interrupted run from its checkpoint. So a relaunch with more seeds trains only the new seeds' runs. Bisection assumes the score grows with d; with noisy scores it still ends, at a bracket of
 neighbouring grid points, and every probe's score is in the table to judge by.
 """
 from __future__ import annotations
@@ -27,10 +27,10 @@ from jrft_cli.core.files import RESULTS_FILE, read_results, write_json_atomic
 from jrft_cli.reporting.table import SNAPSHOTS
 
 STATE_FILE = "search_d.json"
-# Settings a search dir is bound to: changing one would change which probes the search makes or how they
-# are judged, so a relaunch with another value is refused. d_max may grow (the search then goes on).
-FIXED_SETTINGS = ("overrides", "task", "method", "seeds", "target", "reference", "d_start", "steps_per_octave",
-                  "snapshot")
+# What a search dir is bound to: the probes' configuration (their run dirs hold it; `jrft train` refuses a
+# run dir of another config). Everything else may change on a relaunch (more seeds, another target or
+# reference, a finer grid): the search replays with the new settings and reuses every (d, seed) run there.
+FIXED_SETTINGS = ("overrides", "task", "method")
 INTERRUPTED_EXIT_CODE = 75   # what `jrft train` exits with when a signal stopped it (checkpoint written)
 
 
@@ -286,8 +286,8 @@ def _check_settings(root: Path, settings: SearchSettings) -> None:
     new = asdict(settings)
     for key in FIXED_SETTINGS:
         if key in old and old[key] != new[key]:
-            raise JrftError(f"{root} holds a search with {key}={old[key]!r}, not {new[key]!r}; relaunch it with the "
-                            f"same settings to resume, or use another --dir")
+            raise JrftError(f"{root} holds a search with {key}={old[key]!r}, not {new[key]!r}; its probes train "
+                            f"another configuration: use another --dir")
 
 
 def run_search(settings: SearchSettings, root: Path,
