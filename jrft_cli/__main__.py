@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "table": "jrft_cli.cli.table",
     "bench": "jrft_cli.cli.bench",
     "dp-noise": "jrft_cli.cli.dp_noise",
+    "search-d": "jrft_cli.cli.search_d",
+    "serve": "jrft_cli.cli.serve",
 }
 
 

@@ -266,3 +266,35 @@ def load_isolated(jobs: list[dict[str, Any]], cwd: Path) -> dict[str, Any]:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# Few-step runs of the adapter methods on different tasks, for the multi-task tests (serving.multitask,
+# `jrft predict` with several targets, `jrft serve`): real `jrft train` runs (the training recipe),
+# trained once per session. name -> (overrides, run dir).
+MULTITASK_RUNS = {
+    "sent": ["task=sst2", "method=jr", "d=64"],
+    "sim": ["task=stsb", "method=jr", "d=32", "method.position=intermediate"],
+    "sent_structured": ["task=sst2", "method=jr", "d=128", "method.projection=structured"],
+    "entail_warp": ["task=rte", "method=jr_warp", "d=16"],
+    "sent_warp": ["task=sst2", "method=jr_warp", "d=8"],
+}
+
+
+@pytest.fixture(scope="session")
+def multitask_runs(glue_dir, tmp_path_factory) -> dict[str, Path]:
+    """Run dirs of MULTITASK_RUNS: 3 steps of 8 rows at lr 0.05 (z moves well away from its init)."""
+    from omegaconf import OmegaConf
+
+    from jrft_cli.cli.config import compose
+    from jrft_cli.training.recipe import run
+
+    root = tmp_path_factory.mktemp("multitask_runs")
+    out = {}
+    for name, overrides in MULTITASK_RUNS.items():
+        cfg = OmegaConf.to_container(compose(overrides + [
+            "logger=none", "hardware=cpu", "hardware.num_threads=1", "train.max_steps=3", "train.batch_size=8",
+            "train.lr=0.05", "data.limit_train=24", "data.limit_eval=8", "data.max_length=64"]), resolve=True)
+        cfg["data"]["dir"] = str(glue_dir)
+        run(cfg, root / name)
+        out[name] = root / name
+    return out

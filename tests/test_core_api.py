@@ -134,3 +134,38 @@ def test_attach_refuses_options_without_an_adapter(backbone):
         attach(backbone, LoraOptions())
     with pytest.raises(TypeError, match="is not the options class of a registered method"):
         attach(backbone, {"d": 8})
+
+
+@pytest.mark.parametrize("which", ["jr", "jr_warp"])
+def test_remove_and_reinstall_hooks(backbone, batch, which):
+    from jrft_cli.core import JRWarpConfig, SlashConfig, attach
+
+    with torch.no_grad():
+        bare = backbone(**batch).last_hidden_state
+        adapter = attach(backbone, SlashConfig(d=32) if which == "jr" else JRWarpConfig(d=32))
+        adapter.z.mul_(8)                                 # shifts large enough to move every output
+        shifted = backbone(**batch).last_hidden_state
+        adapter.remove()
+        assert not adapter.installed and torch.equal(backbone(**batch).last_hidden_state, bare)
+        adapter.reinstall()
+        assert adapter.installed and torch.equal(backbone(**batch).last_hidden_state, shifted)
+    assert (shifted[:, -bare.size(1):] - bare).abs().max() > 1e-2
+    with pytest.raises(RuntimeError, match="already installed"):
+        adapter.reinstall()
+
+
+def test_example_shifts_give_each_row_its_own_shifts(backbone, batch):
+    from jrft_cli.core import SlashConfig, attach
+
+    with torch.no_grad():
+        bare = backbone(**batch).last_hidden_state
+        adapter = attach(backbone, SlashConfig(d=32))
+        adapter.z.mul_(8)
+        shifted = backbone(**batch).last_hidden_state
+        s = adapter.shifts()
+        adapter.example_shifts = torch.stack([s, torch.zeros_like(s)])   # row 0 shifted, row 1 not
+        mixed = backbone(**batch).last_hidden_state
+        assert torch.equal(mixed[0], shifted[0]) and torch.equal(mixed[1], bare[1])
+        adapter.example_shifts = s[None]                                  # one row for a batch of two
+        with pytest.raises(ValueError, match=r"example_shifts has shape \(1, 6, 384\); this batch needs \(2, 6, 384\)"):
+            backbone(**batch)

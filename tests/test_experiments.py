@@ -119,6 +119,13 @@ def test_small_glue_is_minilm_on_the_local_glue_tasks_and_every_method():
     assert len(second) == 3 * 5 and {j["seed"] for j in second} == {"1"}
 
 
+def test_intrinsic_dimension_is_one_minilm_configuration_of_2000_rows():
+    cfg = _compose(["experiment=intrinsic_dimension", "task=stsb", "method.projection=structured", "d=64"], hydra=True)
+    assert cfg.model.key == "minilm" and cfg.hardware.device == "cpu" and cfg.hardware.num_threads == 1
+    assert cfg.data.limit_train == 2000 and cfg.train.epochs == 2 and cfg.method.d == 64
+    assert not cfg.hydra.sweeper.get("params")           # no sweep: search-d probes it at each d
+
+
 def test_small_glue_dp_is_the_private_slice_jr_and_lora_at_epsilon_8():
     cfg = _compose(["experiment=small_glue_dp", "+row=jr_d1024", "task=sst2"])
     assert cfg.privacy.enabled and cfg.privacy.epsilon == 8 and cfg.model.key == "minilm"

@@ -20,7 +20,8 @@ ALLOWED = {
     "reporting": {"core"},
     "training": {"dp", "tasks", "core"},
     "bench": {"training", "serving", "dp", "tasks", "core"},
-    "cli": {"bench", "training", "serving", "reporting", "dp", "tasks", "core"},
+    "search": {"reporting", "core"},
+    "cli": {"bench", "training", "serving", "reporting", "search", "dp", "tasks", "core"},
     "__main__": {"cli"},
 }
 

@@ -119,6 +119,16 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                     [[r["kind"], str(r["layers"]), str(r["hidden"]), str(r["d"]), f"{r['batch_size']} x {r['seq_len']}",
                       _fmt(r["shift_ms"], ".2f"), _fmt(r["step_ms"]), _fmt(r["fraction"], ".2%")]
                      for r in report["shift_vs_step"]]))
+    if report.get("multitask"):
+        out.append(("Many tasks in one batch (same batch; vs the single-task jr model)",
+                    ["model", "tasks in the batch", "median ms", "q1-q3 ms", "vs jr (1 task)"],
+                    [[r["model"], str(r["tasks"]), _fmt(r["median_ms"]), f"{r['q1_ms']:.0f}-{r['q3_ms']:.0f}",
+                      _fmt(r["vs_jr_single"], ".3f")] for r in report["multitask"]]))
+    if report.get("serving"):
+        out.append(("Serving (jrft serve, one-text requests of random tasks)",
+                    ["tasks served", "concurrency", "requests", "requests/s", "p50 ms", "p99 ms", "mean batch"],
+                    [[str(r["tasks"]), str(r["concurrency"]), str(r["requests"]), _fmt(r["requests_per_s"]),
+                      _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), _fmt(r["mean_batch"])] for r in report["serving"]]))
     if report.get("targets"):
         out.append(("Targets", ["target", "value", "goal", "met", "from"],
                     [[t["name"], _fmt(t["value"], ".3f"), t["target"], "yes" if t["met"] else "**no**", t["detail"]]
@@ -177,6 +187,19 @@ def markdown_body(report: dict[str, Any]) -> str:
                      "and optimizer state, not the model weights; freed heap goes back to the OS (malloc_trim) "
                      "before each row, but allocator reuse can still hide some growth.")]
     lines.append("")
+    if report.get("multitask"):
+        lines += [f"Many tasks: {max(cfg['task_counts'])} synthetic jr tasks (d = {cfg['d']}: random z and heads, saved "
+                  "and loaded as run artifacts), the same batch of synthetic texts (row i of task i mod N) through "
+                  "the single-task jr classifier (hooks, as `jrft predict` runs a run dir), serving.multitask with N "
+                  f"tasks, and PEFT LoRA r = {cfg['lora_r']} with N adapters (`adapter_names`, one per row) plus the "
+                  f"same per-row head gather; {cfg['inference_repeats']} round-robin rounds after {cfg['warmup']} "
+                  "warm-up calls each; median and quartiles.", ""]
+    if report.get("serving"):
+        lines += [f"Serving: `jrft serve` in a subprocess (--max-batch-size {cfg['serve_max_batch']}, --max-wait-ms "
+                  f"{cfg['serve_max_wait_ms']}) with each number of tasks; {cfg['serve_concurrency']} client threads "
+                  f"send {cfg['serve_requests']} one-text requests in all, each of a random task, back to back; "
+                  "requests/s over the whole run, latency per request (p99: the 99th percentile), mean rows per "
+                  "forward pass from the server's counters.", ""]
     for title, header, rows in tables(report):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
                   "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]

@@ -61,6 +61,9 @@ def _positive_float(text: str) -> float:
 
 _positive = _int_at_least(1, "positive")
 
+# Sections run only when named in --only: many tasks on one backbone (jrft_cli.bench.multitask).
+EXTRA_SECTIONS = ("multitask", "serving")
+
 
 def parser() -> argparse.ArgumentParser:
     from jrft_cli.bench.rows import NAIVE, SUBJECT
@@ -80,8 +83,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
                    help=f"add the {NAIVE} rows: {SUBJECT} written the straightforward way (dense W_l "
                         "parameters, opacus' generic per-sample hooks), for comparison (default: yes)")
-    p.add_argument("--only", type=_choice_list(SECTIONS, "--only"), default=list(SECTIONS),
-                   help=f"comma list of sections from {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--only", type=_choice_list(SECTIONS + EXTRA_SECTIONS, "--only"), default=list(SECTIONS),
+                   help=f"comma list of sections from {','.join(SECTIONS + EXTRA_SECTIONS)} (default: "
+                        f"{','.join(SECTIONS)}; {' and '.join(EXTRA_SECTIONS)} only when named)")
+    p.add_argument("--task-counts", type=_int_list, default=[1, 8, 64],
+                   help="multitask: numbers of tasks mixed in the batch (default 1,8,64)")
+    p.add_argument("--lora-r", type=_positive, default=8, help="multitask: rank of the PEFT LoRA adapters (default 8)")
+    p.add_argument("--serve-task-counts", type=_int_list, default=[1, 64],
+                   help="serving: numbers of tasks served (default 1,64)")
+    p.add_argument("--serve-concurrency", type=_positive, default=16, help="serving: concurrent clients (default 16)")
+    p.add_argument("--serve-requests", type=_positive, default=256, help="serving: requests in all (default 256)")
+    p.add_argument("--serve-max-batch", type=_positive, default=64, help="serving: server's --max-batch-size (64)")
+    p.add_argument("--serve-max-wait-ms", type=_positive_float, default=5.0, help="serving: server's --max-wait-ms (5)")
     p.add_argument("--d", type=_positive, default=1024, help="the top-level d of conf/config.yaml (default 1024)")
     p.add_argument("--seed", type=_int_at_least(0, "non-negative"), default=0, help="seed (default 0)")
     p.add_argument("--seq-len", type=_positive, default=64,
@@ -158,7 +171,7 @@ def _settings(args: argparse.Namespace, cfg: dict[str, Any]) -> Any:
     task = cfg["task"]
     return BenchSettings(
         model_name=cfg["model"]["name"], model_id=model_id(cfg["model"]["name"]), methods=args.methods,
-        sections=args.only, vary=vary, naive=args.naive, d=args.d, seed=args.seed, batch_size=args.batch_size,
+        sections=[x for x in args.only if x not in EXTRA_SECTIONS], vary=vary, naive=args.naive, d=args.d, seed=args.seed, batch_size=args.batch_size,
         micro_batch_size=args.micro_batch_size, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup,
         noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm, opacus_mode=args.opacus_mode,
         data=args.data, num_labels=1 if task["is_regression"] else len(task["labels"]),
@@ -199,9 +212,42 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         examples = load_split(task, "train", data_dir, args.data_rows)
         settings.examples = encode(examples, tokenizer, mask_format=True, max_length=args.seq_len)
     log = lambda msg: print(f"jrft bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    return run_bench(settings, tokenizer=tokenizer, collate=collate,
-                     task=TaskInfo(task["is_regression"], task["metrics"], task["main_metric"]), task_record=task,
-                     device=device, command="jrft bench " + " ".join(shlex.quote(a) for a in argv), log=log)
+    report = run_bench(settings, tokenizer=tokenizer, collate=collate,
+                       task=TaskInfo(task["is_regression"], task["metrics"], task["main_metric"]), task_record=task,
+                       device=device, command="jrft bench " + " ".join(shlex.quote(a) for a in argv), log=log)
+    if "multitask" in args.only or "serving" in args.only:
+        _multitask_sections(args, report, settings.model_name, task, log)
+    return report
+
+
+def _multitask_sections(args: argparse.Namespace, report: dict[str, Any], model_name: str, task: dict[str, Any],
+                        log) -> None:
+    """Mixed-task batches against single-task jr and PEFT LoRA with N adapters; serving throughput."""
+    import os
+
+    from jrft_cli.bench import multitask
+    from jrft_cli.core.backbone import load_tokenizer
+
+    tokenizer = load_tokenizer(model_name)
+    report["config"].update(task_counts=args.task_counts, lora_r=args.lora_r, inference_repeats=args.repeats)
+    if "multitask" in args.only:
+        report["multitask"] = multitask.mixed_batch_rows(
+            model_name, tokenizer, task, task_counts=args.task_counts, batch_size=args.batch_size,
+            seq_len=args.seq_len, d=args.d, lora_r=args.lora_r, rounds=args.repeats, warmup=args.warmup, log=log)
+        for t in multitask.targets(report):
+            report["targets"].append(t)
+            if not t["met"]:
+                report["notes"].append(f"target missed: {t['name']} = {t['value']:.3f} (goal {t['target']}; {t['detail']})")
+    if "serving" in args.only:
+        report["config"].update(serve_task_counts=args.serve_task_counts, serve_concurrency=args.serve_concurrency,
+                                serve_requests=args.serve_requests, serve_max_batch=args.serve_max_batch,
+                                serve_max_wait_ms=args.serve_max_wait_ms)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                                         os.environ.get("PYTHONPATH")]))}
+        report["serving"] = multitask.serving_rows(
+            model_name, tokenizer, task, task_counts=args.serve_task_counts, d=args.d, seq_len=args.seq_len,
+            concurrency=args.serve_concurrency, requests=args.serve_requests, max_batch_size=args.serve_max_batch,
+            max_wait_ms=args.serve_max_wait_ms, threads=args.threads, env=env, log=log)
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,8 @@ So a trained adapter folds exactly into the backbone's biases (`SLaSh.fold`), an
 Each forward builds the shifts once as a per-example tensor S (B, L, H) whose rows all equal s_l:
 with `per_example=True` S keeps its gradient, and S.grad[i, l] is example i's gradient w.r.t. s_l,
 which gives exact per-example gradients of z from ONE ordinary backward pass (private training).
+A caller may instead set `example_shifts` to its own S, row i holding example i's shifts: one frozen
+backbone then serves a batch mixing many tasks (serving.multitask), each row shifted by its own task.
 """
 from __future__ import annotations
 
@@ -75,15 +77,42 @@ class JointShift(nn.Module):
             make_projection(projection, d, num_layers, out_dim, int(projection_seed))
         self.per_example = False            # set by private training
         self.batch_shifts: torch.Tensor | None = None
-        self._handles = [backbone.register_forward_pre_hook(self._begin, with_kwargs=True)]
+        # (B, L, H) shifts given by the caller for the next forwards (row i: example i's); None: z's, every row
+        self.example_shifts: torch.Tensor | None = None
+        self._hooks: list[tuple[nn.Module, str, object, dict]] = []   # what `reinstall` registers again
+        self._handles = []
+        self._hook(backbone, "forward_pre_hook", self._begin, with_kwargs=True)
+
+    def _hook(self, module: nn.Module, kind: str, fn, **kwargs) -> None:
+        """Register `fn` as a `kind` hook of `module` (and remember it, for `reinstall`)."""
+        self._hooks.append((module, kind, fn, kwargs))
+        self._handles.append(getattr(module, f"register_{kind}")(fn, **kwargs))
 
     def shifts(self) -> torch.Tensor:
         """All layers' shifts s_l = z W_l as one (L, H) tensor."""
         return self.projection(self.z)
 
+    # Serving many tasks in one batch (serving.multitask): adapters with equal `share_key` hook the
+    # backbone the same way, so one instance serves all of them with per-example `example_shifts`;
+    # adapters with equal `layout_key` leave the backbone the same inputs (None: the caller's own), so
+    # they can be installed together for one forward pass.
+    @property
+    def share_key(self) -> tuple:
+        return (type(self).__name__,)
+
+    @property
+    def layout_key(self) -> tuple | None:
+        return None
+
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict):
-        s = self.shifts()
-        S = s.unsqueeze(0).expand(_batch_size(args, kwargs), -1, -1)
+        batch = _batch_size(args, kwargs)
+        if self.example_shifts is not None:
+            S = self.example_shifts
+            if S.dim() != 3 or S.size(0) != batch or S.shape[1:] != (self.num_layers, self.out_dim):
+                raise ValueError(f"example_shifts has shape {tuple(S.shape)}; this batch needs "
+                                 f"({batch}, {self.num_layers}, {self.out_dim})")
+        else:
+            S = self.shifts().unsqueeze(0).expand(batch, -1, -1)
         if self.per_example and torch.is_grad_enabled():
             S.retain_grad()
         self.batch_shifts = S
@@ -103,6 +132,18 @@ class JointShift(nn.Module):
 
     remove_hooks = remove
 
+    @property
+    def installed(self) -> bool:
+        """Whether the hooks are attached (False after `remove()` until `reinstall()`)."""
+        return bool(self._handles)
+
+    def reinstall(self) -> None:
+        """Attach the hooks `remove()` detached, in their original order."""
+        if self.installed:
+            raise RuntimeError("the adapter's hooks are already installed")
+        for module, kind, fn, kwargs in self._hooks:
+            self._handles.append(getattr(module, f"register_{kind}")(fn, **kwargs))
+
 
 class SLaSh(JointShift):
     """Adds s_l to every token position of layer l at the chosen position (see the module docstring)."""
@@ -114,13 +155,13 @@ class SLaSh(JointShift):
         super().__init__(backbone, d, len(layers), families.out_features(targets[0]), **kwargs)
         self.position = position
         self._targets = targets
-        self._backbone_ref = [backbone]     # a list: not registered as a submodule
         self._folded: list[torch.Tensor] | None = None
-        self._hook_targets()
+        for l, target in enumerate(targets):
+            self._hook(target, "forward_hook", self._make_hook(l))
 
-    def _hook_targets(self) -> None:
-        for l, target in enumerate(self._targets):
-            self._handles.append(target.register_forward_hook(self._make_hook(l)))
+    @property
+    def share_key(self) -> tuple:
+        return (type(self).__name__, self.position)
 
     def _make_hook(self, l: int):
         def hook(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
@@ -156,8 +197,7 @@ class SLaSh(JointShift):
             for target, bias in zip(self._targets, self._folded):
                 target.bias.copy_(bias)
         self._folded = None
-        self._handles.append(self._backbone_ref[0].register_forward_pre_hook(self._begin, with_kwargs=True))
-        self._hook_targets()
+        self.reinstall()
 
 
 def attach_slash(backbone: nn.Module, config: SlashConfig) -> SLaSh:

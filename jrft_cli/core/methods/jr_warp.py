@@ -70,13 +70,22 @@ class PromptInsertion(JointShift):
         self._embeddings = [backbone.get_input_embeddings()] if self.insert == "embeds" else []
         if self.insert == "embeddings":
             embeddings = families.embeddings_of(backbone)
-            self._handles.append(embeddings.register_forward_pre_hook(self._embedding_inputs, with_kwargs=True))
-            self._handles.append(embeddings.register_forward_hook(self._insert_placeholders))
+            self._hook(embeddings, "forward_pre_hook", self._embedding_inputs, with_kwargs=True)
+            self._hook(embeddings, "forward_hook", self._insert_placeholders)
         for l, layer in enumerate(families.find_layers(backbone)):
             if l == 0 or layer_shifts:
                 # a partial of a bound method: a deep copy of the model calls the copied adapter
-                self._handles.append(layer.register_forward_pre_hook(functools.partial(self._layer_hook, l),
-                                                                     with_kwargs=True))
+                self._hook(layer, "forward_pre_hook", functools.partial(self._layer_hook, l), with_kwargs=True)
+
+    # The prompt adds positions to what the backbone sees, so prompt tasks share a forward pass only with
+    # tasks inserting as many positions the same way (see JointShift.share_key / layout_key).
+    @property
+    def share_key(self) -> tuple:
+        return (type(self).__name__, self.insert, self.num_inserted)
+
+    @property
+    def layout_key(self) -> tuple | None:
+        return ("prompt", self.insert, self.num_inserted)
 
     def shifts(self) -> torch.Tensor:
         if self._folded is not None:
