@@ -120,7 +120,7 @@ class MultiTaskModel:
         from jrft_cli.core.artifact import load_adapter, read_adapter_config
         from jrft_cli.core.backbone import SequenceClassifier, load_tokenizer
         from jrft_cli.core.files import ADAPTER_WEIGHTS
-        from jrft_cli.core.heads import READOUTS
+        from jrft_cli.core.heads import READOUTS, TOKEN_HEADS
         from jrft_cli.core.registry import method_spec
         from transformers.utils import logging as hf_logging
 
@@ -149,6 +149,9 @@ class MultiTaskModel:
             if not spec.has_adapter:
                 raise JrftError(f"target {name}={path} is a {info['method']!r} run, which changes the backbone's "
                                 f"weights; only adapter methods (jr, jr_warp) share one backbone: serve it alone")
+            if info["head"] in TOKEN_HEADS:
+                raise JrftError(f"target {name}={path} is a token task ({info['task']}); a mixed batch holds sequence "
+                                f"tasks (one label per input): serve it alone")
             if info["head"] not in READOUTS:
                 raise JrftError(f"target {name}={path} has the {info['head']!r} head (the model family's own); tasks "
                                 f"share a batch with a linear head on a readout ({', '.join(READOUTS)}): serve it alone")
@@ -248,7 +251,7 @@ class MultiTaskModel:
         return out   # type: ignore[return-value]
 
     def _forward(self, items: list[dict], layout: tuple | None) -> list[torch.Tensor]:
-        from jrft_cli.core.heads import READOUTS
+        from jrft_cli.core.heads import READOUTS, TOKEN_HEADS
 
         batch = self._collate(items)
         entries = [self.tasks[it["task"]] for it in items]
