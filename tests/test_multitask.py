@@ -147,7 +147,7 @@ def test_refusals(multitask_runs, tmp_path):
 
 
 def test_non_adapter_methods_and_cls_heads_are_refused(tmp_path):
-    from export_helpers import make_run_dir
+    from conftest import make_run_dir
     from jrft_cli.serving.multitask import MultiTaskModel
 
     lora = make_run_dir(tmp_path / "lora", ["method=lora", "method.r=1"], perturb=False)
