@@ -154,6 +154,75 @@ def test_a_periodic_checkpoint_at_an_epoch_end_holds_that_epochs_evaluation(tmp_
     assert got["best_dev"] == expected["best_dev"] and got["dev"] == expected["dev"]
 
 
+class MeanBagClassifier(nn.Module):
+    """Masked mean of embeddings + dropout + linear, for padded inputs of different lengths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.head(self.drop((self.emb(input_ids) * mask).sum(1) / mask.sum(1)))
+
+
+def _varied_data(n: int, seed: int) -> list[dict]:
+    """n rows of 2..12 tokens: batches grouped by length differ from random ones."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(1, 50, (int(torch.randint(2, 13, (1,), generator=g)),), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": int(ids[0] < 25)})
+    return rows
+
+
+def _pad_collate(items):
+    width = max(len(it["input_ids"]) for it in items)
+    return {"input_ids": torch.tensor([it["input_ids"] + [0] * (width - len(it["input_ids"])) for it in items]),
+            "attention_mask": torch.tensor([[1] * len(it["input_ids"]) + [0] * (width - len(it["input_ids"]))
+                                            for it in items]),
+            "labels": torch.tensor([it["labels"] for it in items])}
+
+
+def _grouped_trainer(group: bool = True, **hooks) -> Trainer:
+    torch.manual_seed(0)
+    # 120 rows in batches of 4: megabatches of 50 batches = 200 rows, so the whole epoch is one megabatch
+    cfg = LoopConfig(epochs=2, batch_size=4, lr=1e-2, eval_every=10, log_every=1, seed=0, group_by_length=group)
+    return Trainer(MeanBagClassifier(), _varied_data(120, 1), {"dev": _varied_data(16, 2)}, _pad_collate,
+                   TaskInfo(False, ["accuracy"], "accuracy"), cfg, torch.device("cpu"), **hooks)
+
+
+@pytest.mark.parametrize("stop_at", [7, 30, 41])   # mid-epoch, at the epoch's end (30 steps), in the second
+def test_a_grouped_run_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path, stop_at):
+    full = _grouped_trainer()
+    expected = full.run()
+    ungrouped = _grouped_trainer(group=False)
+    ungrouped.run()
+    assert _losses(ungrouped.history) != _losses(full.history)      # grouping changed the batches
+    first = _grouped_trainer(should_stop=lambda: signal.SIGTERM if first.step == stop_at else None,
+                             on_checkpoint=lambda state: save_checkpoint(tmp_path / "ck.pt", {"trainer": state}))
+    with pytest.raises(TrainingInterrupted):
+        first.run()
+    torch.manual_seed(1234)                       # the resumed process starts from another RNG state
+    resumed = _grouped_trainer()
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ck.pt")["trainer"])
+    got = resumed.run()
+    for key in ("dev", "best_dev", "steps", "epochs"):
+        assert got[key] == expected[key], key
+    assert _losses(resumed.history) == _losses(full.history)
+    assert torch.equal(resumed.model.head.weight, full.model.head.weight)
+
+
+def test_config_difference_takes_a_later_added_key_at_its_default():
+    """An older run's config.yaml has no train.group_by_length: relaunching it (false) is no change."""
+    old = {"train": {"lr": 1e-3}}
+    assert config_difference(old, {"train": {"lr": 1e-3, "group_by_length": False}}) is None
+    assert config_difference(old, {"train": {"lr": 1e-3, "group_by_length": True}}) == \
+        "train.group_by_length: False -> True"
+
+
 def test_load_state_dict_refuses_a_changed_budget():
     state = _trainer().state_dict()
     state["total_steps"] += 1

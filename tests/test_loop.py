@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from jrft_cli.tasks.glue import make_collate
-from jrft_cli.training.loop import LoopConfig, Trainer, autocast_dtype, epoch_order, resolve_device
+from jrft_cli.training import loop
+from jrft_cli.training.loop import (LoopConfig, Trainer, attention_implementation, autocast_dtype, epoch_batches,
+                                    epoch_order, grouped_batches, precision_name, resolve_device)
 from jrft_cli.tasks.evaluation import TaskInfo, evaluate, loss_fn, predict
 from jrft_cli.core.registry import apply_method
 
@@ -33,13 +35,100 @@ def test_loss_fn_classification_and_regression():
 
 
 def test_devices_and_precision_on_cpu():
+    from jrft_cli.core.errors import JrftError
+
     assert resolve_device("cpu") == CPU
     if not torch.cuda.is_available():
         assert resolve_device("auto") == CPU
-        from jrft_cli.core.errors import JrftError
         with pytest.raises(JrftError, match="no CUDA device is available; use hardware=cpu"):
             resolve_device("cuda")
-    assert autocast_dtype("bf16", CPU) is None and autocast_dtype("auto", CPU) is None
+    assert autocast_dtype("fp32", CPU) is None and autocast_dtype("bf16", CPU) == torch.bfloat16
+    with pytest.raises(JrftError, match=r"^hardware.precision=fp16 is not supported on CPU; use bf16"):
+        autocast_dtype("fp16", CPU)
+    assert [precision_name(autocast_dtype(p, CPU)) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    # bf16 on CPU loads eager attention (SDPA's bf16 backward is slow there); everything else the default
+    assert attention_implementation(torch.bfloat16, CPU) == "eager"
+    assert attention_implementation(None, CPU) is None
+    assert attention_implementation(torch.bfloat16, torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native):
+    """The capability probe is mocked (this machine has one answer); the probe itself is checked against
+    /proc/cpuinfo below."""
+    monkeypatch.setattr(loop, "cpu_supports_bf16", lambda: native)
+    assert autocast_dtype("auto", CPU) == (torch.bfloat16 if native else None)
+    assert autocast_dtype("bf16", CPU) == torch.bfloat16        # asked for: honoured either way
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_precision_on_cuda_is_unchanged(monkeypatch, supported):
+    """CUDA's capability query is mocked (no GPU here): auto is bf16 where the GPU supports it, else fp32."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    cuda = torch.device("cuda")
+    assert autocast_dtype("auto", cuda) == (torch.bfloat16 if supported else None)
+    assert autocast_dtype("fp16", cuda) == torch.float16 and autocast_dtype("fp32", cuda) is None
+
+
+def test_the_bf16_probe_agrees_with_the_cpu_flags():
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU flags from")
+    flags = set(info.read_text().split())
+    assert loop.cpu_supports_bf16() == bool({"avx512_bf16", "amx_bf16", "amx_tile"} & flags)
+
+
+@pytest.fixture(scope="module")
+def sst2_lengths(sst2_train, tokenizer):
+    """Token lengths of the first 2,000 SST-2 training rows (mask format, max_length 128)."""
+    from jrft_cli.tasks.glue import encode
+
+    return [len(it["input_ids"]) for it in encode(sst2_train[:2000], tokenizer, mask_format=True, max_length=128)]
+
+
+def padded_tokens(lengths, batches):
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_grouped_batches_cover_the_epoch_once_in_shuffled_batches_of_similar_lengths(sst2_lengths):
+    lengths, bs = sst2_lengths, 32
+    got = grouped_batches(lengths, bs, seed=0, epoch=0)
+    flat = [i for b in got for i in b]
+    assert sorted(flat) == list(range(len(lengths)))                 # every example exactly once
+    assert sorted(len(b) for b in got) == sorted(len(b) for b in epoch_batches(lengths, bs, 0, 0))
+    assert got == grouped_batches(lengths, bs, seed=0, epoch=0)        # a pure function of (seed, epoch, lengths)
+    assert got != grouped_batches(lengths, bs, seed=0, epoch=1) and got != grouped_batches(lengths, bs, seed=1, epoch=0)
+    # the batches are those cut from the epoch's random order in megabatches of 50 batches, each sorted
+    # by length, but in shuffled order (widths neither rising nor falling through the epoch)
+    order = epoch_order(len(lengths), 0, 0)
+    size = 50 * bs
+    flat = [i for k in range(0, len(order), size) for i in sorted(order[k:k + size], key=lambda j: lengths[j])]
+    cut = [flat[k:k + bs] for k in range(0, len(flat), bs)]
+    assert sorted(got) == sorted(cut) and got != cut
+    widths = [max(lengths[i] for i in b) for b in got]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+    # padding on real SST-2 lengths: random batches pad to about 2.9x the real tokens, grouped ones
+    # to a few percent over them
+    real = sum(lengths)
+    random_pad = padded_tokens(lengths, epoch_batches(lengths, bs, 0, 0))
+    grouped_pad = padded_tokens(lengths, got)
+    assert random_pad > 2 * real and grouped_pad < 1.15 * real, (real, random_pad, grouped_pad)
+
+
+def test_the_trainer_steps_on_grouped_batches_with_group_by_length(sst2_encoded):
+    data = sst2_encoded[:40]
+    lengths = [len(it["input_ids"]) for it in data]
+    model = torch.nn.Linear(1, 1)     # _next_window never runs the model
+    for group in (False, True):
+        cfg = LoopConfig(epochs=2, batch_size=4, grad_accum=2, group_by_length=group)
+        trainer = Trainer(model, data, {}, None, SST2, cfg, CPU)
+        for step in range(10):
+            trainer.step = step
+            epoch, window = divmod(step, trainer.steps_per_epoch)
+            expect = epoch_batches(lengths, 4, 0, epoch, group_by_length=group)[2 * window:2 * window + 2]
+            assert trainer._next_window() == [[data[i] for i in b] for b in expect]
 
 
 def jr_model(make_model, d=64):

@@ -50,6 +50,41 @@ def test_private_trainer_trains_a_few_steps_and_keeps_frozen_weights(tiny_robert
     assert evals[-1]["privacy/epsilon"] == pytest.approx(record["epsilon"])
 
 
+@pytest.mark.parametrize("method", ["jr", "lora", "full"])   # the shift path, opacus hooks, opacus ghost clipping
+def test_private_training_under_bf16_autocast(tiny_roberta, method):
+    """bf16 on CPU (eager attention, as `jrft train` loads it): every per-example gradient path trains
+    with a finite loss; jr's shifts stay fp32, so its per-example z gradients come back in z's dtype."""
+    from jrft_cli.core.backbone import SequenceClassifier
+    from jrft_cli.core.registry import apply_method
+
+    torch.manual_seed(0)
+    model = SequenceClassifier(tiny_roberta, 2, head="mask", dropout=0.0, mask_token_id=MASK,
+                               attn_implementation="eager")
+    apply_method(model, method, **({"d": 8} if method == "jr" else {}))
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    records: list[dict] = []
+    data = tiny_data(40)
+    p = PrivacyPlan(noise_multiplier=1.0, sample_rate=0.25, steps=3, delta=1e-3, max_grad_norm=1.0, batch_size=10,
+                    micro_batch_size=4)
+    trainer = PrivateTrainer(model, data, {"validation": tiny_data(8, seed=1)}, collate, TASK,
+                             LoopConfig(epochs=1, lr=1e-2, log_every=1, seed=3), torch.device("cpu"), p, method,
+                             "bf16", on_metrics=records.append)
+    assert trainer.amp == torch.bfloat16 and model.config._attn_implementation == "eager"
+    trainer.run()
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 3 and all(0 < v < 10 for v in losses)
+    assert all(torch.isfinite(p).all() and not torch.equal(before[n], p)
+               for n, p in model.named_parameters() if p.requires_grad)
+    if method == "jr":
+        batch = collate(data[:4])
+        labels = batch.pop("labels")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = loss_fn(model(**batch), labels, TASK.kind, reduction="none")
+        z = trainer.sampler.per_example_grads(losses)[[id(q) for q in trainer.params].index(id(model.adapter.z))]
+        assert z.shape == (4, 8) and z.dtype == torch.float32 and torch.isfinite(z).all()
+
+
 def test_noise_only_step_on_an_empty_batch_and_division_by_expected_size(tiny_roberta):
     model = build(tiny_roberta, MASK, "linear")
     trainer = make_trainer(model, "linear", n=40, steps=1, sigma=2.0)
@@ -183,6 +218,7 @@ def test_stopped_and_resumed_private_run_equals_the_uninterrupted_one(tiny_rober
 @pytest.mark.parametrize("plan,loop,message", [
     ({}, {"grad_accum": 2}, "train.grad_accum=2 is not valid with privacy=dp"),
     ({}, {"max_grad_norm": 1.0}, "train.max_grad_norm=1.0 is for non-private runs"),
+    ({}, {"group_by_length": True}, "train.group_by_length=true is not valid with privacy=dp"),
     ({"micro_batch_size": 0}, {}, "privacy.micro_batch_size=0 is invalid; it must be an integer >= 1"),
     ({"accountant": "gdp"}, {}, "privacy.accountant='gdp' is invalid; choose one of: prv, rdp"),
 ])

@@ -32,6 +32,9 @@ def quiet() -> Console:
     (["train.epochs=0"], r"^train.epochs=0 is not valid; it must be > 0 \(or set train.max_steps > 0\)$"),
     (["train.lr=-1e-3"], r"^train.lr=-0.001 is not valid; it must be > 0"),
     (["method.name=nope"], r"^method='nope' is not valid; choose one of full, bitfit, lora, adapters, linear, jr, jr_warp, warp$"),
+    (["privacy=dp", "train.group_by_length=true"],
+     r"^train.group_by_length=true is not valid with privacy=dp: DP-SGD draws Poisson batches .*; set "
+     r"train.group_by_length=false$"),
 ])
 def test_validate_rejects_with_one_line(overrides, message):
     with pytest.raises(JrftError, match=message) as err:
@@ -92,7 +95,29 @@ def test_jr_learns_sst2(tmp_path, glue_dir):
     assert results["steps"] == 125 and results["train_examples"] == 2000
     assert results["trainable_params"] == 1024 + 770
     assert results["dev"]["accuracy"] >= 0.70, (results["dev"], elapsed)
+    assert results["precision"] == "fp32" and results["attn_implementation"] == "sdpa"   # hardware=cpu: fp32
     assert json.loads((tmp_path / "run" / RESULTS_FILE).read_text())["dev"] == results["dev"]
+
+
+def test_a_bf16_cpu_run_trains_with_eager_attention_and_records_it(tmp_path, glue_dir):
+    """hardware.precision=bf16 on CPU: autocast bf16, the backbone loaded with eager attention, both in
+    results.json; a few grouped steps reach a finite loss and finite metrics."""
+    cfg = plain(f"data.dir={glue_dir}", "hardware.precision=bf16", "d=64", "train.max_steps=4", "train.batch_size=8",
+                "train.log_every=1", "train.group_by_length=true", "data.limit_train=64", "data.limit_eval=16",
+                "run.save_trainable=false")
+    results = train.run(cfg, tmp_path / "run", console=quiet())
+    assert results["precision"] == "bf16" and results["attn_implementation"] == "eager"
+    assert results["steps"] == 4 and 0 <= results["dev"]["accuracy"] <= 1
+    losses = [json.loads(line)["train/loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if "train/loss" in line]
+    assert len(losses) == 4 and all(0 < v < 10 for v in losses)
+
+
+def test_fp16_on_cpu_is_refused_with_one_line_and_no_run_dir(tmp_path, glue_dir):
+    run_dir = tmp_path / "run"
+    with pytest.raises(JrftError, match=r"^hardware.precision=fp16 is not supported on CPU; use bf16") as err:
+        train.run(plain(f"data.dir={glue_dir}", "hardware.precision=fp16"), run_dir, console=quiet())
+    assert "\n" not in str(err.value) and not run_dir.exists()
 
 
 def test_learning_rate_prefers_train_lr_then_dp_lr_under_privacy_then_the_method_default():

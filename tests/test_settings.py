@@ -48,6 +48,7 @@ def plain(*overrides: str) -> dict:
     (["train.log_every=0"], "train.log_every=0 is not valid; it must be a positive integer"),
     (["train.weight_decay=-1"], "train.weight_decay=-1 is not valid; it must be >= 0"),
     (["run.save_trainable=maybe"], "run.save_trainable='maybe' is not valid; it must be true or false"),
+    (["train.group_by_length=3"], "train.group_by_length=3 is not valid; it must be true or false"),
     (["model.name=3"], "model.name=3 is not valid; it must be a string"),
     (["method.lr=abc"], "method.lr='abc' is not valid; it must be a number"),
     (["method.head=pooler"], "method.head='pooler' is not valid; choose one of mask, last, first, tokens, cls"),

@@ -130,7 +130,9 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, name: str, num_labels: int, head: str = "mask", dropout: float | None = None,
                  revision: str | None = None, mask_token_id: int | None = None,
-                 pad_token_id: int | None = None) -> None:
+                 pad_token_id: int | None = None, attn_implementation: str | None = None) -> None:
+        """`attn_implementation`: transformers' attention kernel (`eager`, `sdpa`, ...); None = the
+        model's default. It changes speed only, not what the model computes."""
         super().__init__()
         from transformers import AutoModel, AutoModelForSequenceClassification
 
@@ -141,6 +143,8 @@ class SequenceClassifier(nn.Module):
         self.num_labels = num_labels
         self.mask_token_id = mask_token_id
         kwargs = {"revision": revision} if revision else {}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
         if head in MASK_FORMAT_HEADS and mask_token_id is None:
             raise JrftError(f"the {head} head needs the tokenizer's mask token id")
         if families.is_decoder(config):

@@ -65,7 +65,7 @@ def _positive_int(value: Any, key: str, names: Naming) -> int:
 
 def resolve_plan(settings: Mapping[str, Any], n: int | None = None, *, epochs: float | None = None,
                  max_steps: int = 0, grad_accum: int = 1, loop_max_grad_norm: float | None = None,
-                 names: Naming = CONFIG_NAMES) -> PrivacyPlan | None:
+                 group_by_length: bool = False, names: Naming = CONFIG_NAMES) -> PrivacyPlan | None:
     """Validate privacy settings (conf/privacy/dp.yaml as a dict) and, given the training set size n,
     resolve them into a PrivacyPlan. Raises PrivacyError (one line, naming the setting as `names` does).
 
@@ -75,7 +75,8 @@ def resolve_plan(settings: Mapping[str, Any], n: int | None = None, *, epochs: f
     reaching the target epsilon unless given, and a given one must reach it (and be accountable).
     Keys left out: no target epsilon, delta and noise multiplier derived, max_grad_norm 1.0, accountant
     prv, micro_batch_size = batch_size, constant_lr true, grad_sample_mode auto.
-    grad_accum, loop_max_grad_norm: the ordinary loop's settings, which a private run cannot honour.
+    grad_accum, loop_max_grad_norm, group_by_length: the ordinary loop's settings, which a private run
+    cannot honour.
     """
     if grad_accum != 1:
         raise PrivacyError(f"train.grad_accum={grad_accum} is not valid with privacy=dp: accumulation would change "
@@ -83,6 +84,9 @@ def resolve_plan(settings: Mapping[str, Any], n: int | None = None, *, epochs: f
     if loop_max_grad_norm:
         raise PrivacyError(f"train.max_grad_norm={loop_max_grad_norm} is for non-private runs; with privacy=dp set "
                            "privacy.max_grad_norm (the per-example clipping norm)")
+    if group_by_length:
+        raise PrivacyError("train.group_by_length=true is not valid with privacy=dp: DP-SGD draws Poisson batches "
+                           "(its accounting assumes them); set train.group_by_length=false")
     acc = settings.get("accountant", "prv")
     if acc not in ACCOUNTANTS:
         raise PrivacyError(f"{names('accountant')}={acc!r} is invalid; choose one of: {', '.join(ACCOUNTANTS)}")

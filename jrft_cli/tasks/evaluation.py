@@ -59,30 +59,46 @@ def batches(items: Sequence[dict], order: Sequence[int], batch_size: int) -> Ite
         yield [items[j] for j in order[i:i + batch_size]]
 
 
+def length_order(data: Sequence[dict]) -> list[int]:
+    """Indices of `data` by input length (stable). Evaluation batches cut from this order hold inputs of
+    similar lengths, so they pad far less than batches in data order (SST-2 dev: half the time), and
+    each input's outputs do not depend on its batch (padding is masked)."""
+    return sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]))
+
+
 @torch.no_grad()
 def predict(model: nn.Module, data: Sequence[dict], collate: Callable, batch_size: int, device: torch.device,
             amp: torch.dtype | None = None) -> torch.Tensor:
-    """Logits (N, C) for `data`, in order (sequence tasks: one row per example)."""
+    """Logits (N, C) for `data`, in order (sequence tasks: one row per example); computed in batches
+    of similar lengths (`length_order`) and put back in data order."""
     was_training = model.training
     model.eval()
+    order = length_order(data)
     out = []
-    for items in batches(data, range(len(data)), batch_size):
+    for items in batches(data, order, batch_size):
         batch = {k: v.to(device) for k, v in collate(items).items() if k != "labels"}
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out.append(model(**batch).float().cpu())
     model.train(was_training)
-    logits = torch.cat(out) if out else torch.empty(0)
+    if not out:
+        return torch.empty(0)
+    logits = torch.empty_like(torch.cat(out))
+    logits[torch.tensor(order)] = torch.cat(out)
     check_finite(logits)
     return logits
 
 
-def check_finite(logits: torch.Tensor, offset: int = 0, total: int | None = None) -> None:
-    """NonFiniteOutputs when any row of `logits` (inputs offset.. of `total`) holds NaN or infinity."""
+def check_finite(logits: torch.Tensor, offset: int = 0, total: int | None = None,
+                 indices: Sequence[int] | None = None) -> None:
+    """NonFiniteOutputs when any row of `logits` holds NaN or infinity. Row i is input `indices[i]` when
+    given, else input offset + i, of `total` inputs (the error names the first bad one)."""
     bad = ~torch.isfinite(logits).reshape(len(logits), -1).all(dim=1) if len(logits) else torch.zeros(0, dtype=torch.bool)
     if bool(bad.any()):
         total = len(logits) if total is None else total
+        bad_rows = bad.nonzero().flatten().tolist()
+        first = min(indices[i] for i in bad_rows) if indices is not None else offset + bad_rows[0]
         raise NonFiniteOutputs(f"the model's outputs are NaN or infinite for {int(bad.sum())} of {total} inputs "
-                               f"(first: input {offset + int(bad.nonzero()[0])}); its weights are broken, so no metric "
+                               f"(first: input {first}); its weights are broken, so no metric "
                                f"or prediction is made from them")
 
 
@@ -90,18 +106,21 @@ def check_finite(logits: torch.Tensor, offset: int = 0, total: int | None = None
 def predictions(model: nn.Module, data: Sequence[dict], collate: Callable, kind: TaskKind, batch_size: int,
                 device: torch.device, amp: torch.dtype | None = None) -> list:
     """One prediction per example of `data`, in order, decoded by the task kind (a class id, a score,
-    or a sentence's tag ids)."""
+    or a sentence's tag ids); computed in batches of similar lengths (`length_order`)."""
     was_training = model.training
     model.eval()
-    out: list = []
-    for items in batches(data, range(len(data)), batch_size):
-        batch = collate(items)
+    order = length_order(data)
+    out: list = [None] * len(data)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate([data[i] for i in idx])
         labels = batch.pop("labels")
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(**batch).float().cpu()
-        check_finite(logits, len(out), len(data))
-        out.extend(kind.decode(logits, labels))
+        check_finite(logits, total=len(data), indices=idx)
+        for i, pred in zip(idx, kind.decode(logits, labels)):
+            out[i] = pred
     model.train(was_training)
     return out
 

@@ -42,7 +42,8 @@ class PrivateTrainer(Trainer):
                  method: str, precision: str = "fp32", logger: Logger | None = None,
                  on_metrics: Callable[[dict[str, Any]], None] | None = None, **hooks: Any) -> None:
         # the plan's settings and the loop's, checked as `jrft train` checks them (no accounting: resolved)
-        resolve_plan(privacy.settings(), grad_accum=cfg.grad_accum, loop_max_grad_norm=cfg.max_grad_norm)
+        resolve_plan(privacy.settings(), grad_accum=cfg.grad_accum, loop_max_grad_norm=cfg.max_grad_norm,
+                     group_by_length=cfg.group_by_length)
         self.plan, self.method = privacy, method
         dp_support = method_spec(method).dp
         self.frozen_for_privacy = freeze_shared_embeddings(model) if dp_support.freeze_shared_embeddings else []

@@ -32,7 +32,8 @@ from jrft_cli.tasks.loading import resolve_task
 from jrft_cli.training import distributed, settings
 from jrft_cli.training.checkpoint import (CHECKPOINT_FILE, INTERRUPTED_EXIT_CODE, StopSignals, TrainingFailed,
                                           TrainingInterrupted, load_checkpoint, save_checkpoint)
-from jrft_cli.training.loop import LoopConfig, Trainer, resolve_device
+from jrft_cli.training.loop import (LoopConfig, Trainer, attention_implementation, autocast_dtype, precision_name,
+                                   resolve_device)
 
 if TYPE_CHECKING:
     from jrft_cli.dp.plan import PrivacyPlan
@@ -86,7 +87,7 @@ def privacy_plan(cfg: dict[str, Any], n: int | None = None) -> PrivacyPlan | Non
 
     t = cfg["train"]
     return resolve_plan(cfg["privacy"], n, epochs=t["epochs"], max_steps=t["max_steps"], grad_accum=t["grad_accum"],
-                        loop_max_grad_norm=t.get("max_grad_norm"))
+                        loop_max_grad_norm=t.get("max_grad_norm"), group_by_length=bool(t.get("group_by_length")))
 
 
 def method_of(cfg: dict[str, Any]) -> MethodSpec:
@@ -120,12 +121,14 @@ def head_of(cfg: dict[str, Any]) -> str:
     return kind_of(cfg["task"]).head(cfg["method"].get("head", "mask"))
 
 
-def build_model(cfg: dict[str, Any], tokenizer: Any, num_labels: int) -> SequenceClassifier:
-    """The backbone with its head, the method applied (deterministic for the run's seed)."""
+def build_model(cfg: dict[str, Any], tokenizer: Any, num_labels: int,
+                attn_implementation: str | None = None) -> SequenceClassifier:
+    """The backbone with its head, the method applied (deterministic for the run's seed);
+    `attn_implementation`: the backbone's attention kernel (None = the model's default)."""
     m = cfg["method"]
     return build_classifier(cfg["model"]["name"], num_labels, m["name"], method_options(cfg), tokenizer=tokenizer,
                             seed=cfg["seed"], head=head_of(cfg), dropout=m.get("dropout"),
-                            revision=cfg["model"].get("revision"))
+                            revision=cfg["model"].get("revision"), attn_implementation=attn_implementation)
 
 
 def artifact_info(cfg: dict[str, Any], model: SequenceClassifier, tokenizer: Any, num_labels: int,
@@ -139,6 +142,9 @@ def artifact_info(cfg: dict[str, Any], model: SequenceClassifier, tokenizer: Any
 
 # Settings that may differ between a run and its resumption (machine, logging, data location).
 _RESUME_FREE_KEYS = ("logger", "hardware", "run", "data.dir")
+# Settings added after runs were recorded: absent from an older run's config.yaml, they mean this value,
+# so relaunching an older run dir (a sweep being resumed) is not refused over them.
+_ADDED_KEY_DEFAULTS = {"train.group_by_length": False}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -156,8 +162,9 @@ def config_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     a, b = _flatten(old), _flatten(new)
     free = lambda k: any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)  # noqa: E731
     for key in sorted(set(a) | set(b)):
-        if not free(key) and a.get(key) != b.get(key):
-            return f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        old_value, new_value = (c.get(key, _ADDED_KEY_DEFAULTS.get(key)) for c in (a, b))
+        if not free(key) and old_value != new_value:
+            return f"{key}: {old_value!r} -> {new_value!r}"
     return None
 
 
@@ -333,6 +340,8 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
     device = resolve_device(hw["device"])
     if device.type == "cuda" and dist_info.world_size > 1:
         device = torch.device("cuda", dist_info.local_rank)
+    # resolved before anything loads (fp16 on CPU is refused here); bf16 on CPU loads eager attention
+    amp = autocast_dtype(hw.get("precision", "fp32"), device)
     seed_everything(cfg["seed"])
 
     data_cfg = cfg["data"]
@@ -353,7 +362,7 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
     num_labels = kind.num_labels(task)
     dp_plan = privacy_plan(cfg, len(train_data)) if is_private(cfg) else None   # before the model loads
 
-    model = build_model(cfg, tokenizer, num_labels).to(device)
+    model = build_model(cfg, tokenizer, num_labels, attention_implementation(amp, device)).to(device)
     # prompt positions (jr_warp, warp) take no position ids: the real tokens keep theirs
     settings.check_max_length(data_cfg["max_length"], max_input_length(tokenizer, model.config), cfg["model"]["name"])
 
@@ -362,7 +371,8 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
                           warmup_ratio=t["warmup_ratio"], weight_decay=t.get("weight_decay", 0.0),
                           grad_accum=t["grad_accum"], eval_every=t["eval_every"], max_grad_norm=t.get("max_grad_norm"),
                           log_every=t.get("log_every", 10), seed=cfg["seed"],
-                          checkpoint_every=t.get("checkpoint_every") or 0)
+                          checkpoint_every=t.get("checkpoint_every") or 0,
+                          group_by_length=bool(t.get("group_by_length")))
     task_info = TaskInfo.from_task(task)
     log_cfg = cfg["logger"]
     tracker = Tracker(run_dir, cfg, use_wandb=bool(log_cfg.get("enabled")) and dist_info.is_main,
@@ -446,6 +456,8 @@ def _run(cfg: dict[str, Any], run_dir: Path, console: Any, checkpoint: dict[str,
             "batch_size": dp_plan.batch_size if dp_plan else t["batch_size"] * t["grad_accum"],
             "train_examples": len(train_data),
             "device": str(device),
+            "precision": precision_name(trainer.amp),
+            "attn_implementation": model.config._attn_implementation,
             "privacy": trainer.privacy_record() if dp_plan else None,
             "jrft_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -84,6 +84,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "max_grad_norm": _num(0, null=True, note="(null or 0 = no clipping)"),
         "log_every": _int(1),
         "checkpoint_every": _int(0, null=True, note="(0 = only on a stop signal)"),
+        "group_by_length": Rule("bool", note="(batches of similar lengths; not with privacy=dp)"),
     },
     "data": {
         "dir": Rule("str", null=True, note="(a glue_data/ root; null = the Hugging Face Hub)"),

@@ -112,7 +112,10 @@ class JointShift(nn.Module):
                 raise ValueError(f"example_shifts has shape {tuple(S.shape)}; this batch needs "
                                  f"({batch}, {self.num_layers}, {self.out_dim})")
         else:
-            S = self.shifts().unsqueeze(0).expand(batch, -1, -1)
+            # z -> shifts in z's dtype even under autocast (bf16): a tiny product, kept exact, and the
+            # per-example shift gradients of private training then come back in z's dtype
+            with torch.autocast(self.z.device.type, enabled=False):
+                S = self.shifts().unsqueeze(0).expand(batch, -1, -1)
         if self.per_example and torch.is_grad_enabled():
             S.retain_grad()
         self.batch_shifts = S
