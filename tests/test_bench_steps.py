@@ -77,3 +77,29 @@ def test_every_row_in_every_section_on_the_same_batches(tiny_roberta):
 
 def test_nothing_asked_nothing_built():
     assert step_sections([], lambda row: None, ["train"], None, None, torch.device("cpu"), rounds=1, warmup=1) == {}
+
+
+def test_run_axes_rows_step_on_their_orderings_batches_at_their_precision(tiny_roberta):
+    from jrft_cli.bench.rows import run_axes
+    from jrft_cli.training.loop import attention_implementation, autocast_dtype
+
+    cpu = torch.device("cpu")
+    axes = run_axes(["fp32", "bf16"], ["random", "grouped"])
+    rows = method_rows(["linear"], {}, d=8, seed=0, naive=False, axes=axes)
+    work = Workload(tiny_data(40), make_collate(TOKENIZER, False), batch_size=4, micro_batch_size=4, poisson=True,
+                    orderings=("random", "grouped"), window=3)
+
+    def build(row):
+        return row.build(tiny_roberta, TOKENIZER, 2, 0, attention_implementation(autocast_dtype(row.precision, cpu), cpu))
+    out = step_sections(rows, build, ["train", "eval", "private"], work, TaskInfo(False, ["accuracy"], "accuracy"),
+                        cpu, rounds=2, warmup=1)
+    assert [r["label"] for r in out["train"]] == ["linear fp32 random", "linear fp32 grouped", "linear bf16 random",
+                                                 "linear bf16 grouped"]
+    # eval and private rows only for the random ordering (evaluation sorts; DP draws Poisson batches)
+    assert [r["label"] for r in out["eval"]] == [r["label"] for r in out["private"]] == \
+        ["linear fp32 random", "linear bf16 random"]
+    for r in out["train"]:
+        assert r["batches"] == "loop" and r["examples"] == [12, 12]      # 3 loop batches of 4 per call
+        assert r["attn_implementation"] == ("eager" if r["precision"] == "bf16" else "sdpa")
+        assert r["examples_per_s"] == pytest.approx(statistics.median(12e3 / t for t in r["times_ms"]))
+    assert all(r["batches"] == "round" for r in out["eval"] + out["private"])

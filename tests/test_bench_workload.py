@@ -55,3 +55,27 @@ def test_poisson_rounds_are_seeded_sorted_and_split():
     other = Workload(data, COLLATE, batch_size=20, micro_batch_size=8, poisson=True, seed=4)
     other.draw(1)
     assert other.indices.tolist() != first
+
+
+def test_ordered_windows_are_the_loops_batches_at_width_quantiles():
+    from jrft_cli.bench.workload import ordered_window, padded_share
+    from jrft_cli.training.loop import epoch_batches
+
+    data = _data(200)
+    lengths = [len(it["input_ids"]) for it in data]
+    for ordering, group in (("random", False), ("grouped", True)):
+        epoch = epoch_batches(lengths, 8, 3, 2, group_by_length=group)
+        window = ordered_window(lengths, 8, ordering, seed=3, epoch=2, window=4)
+        assert len(window) == 4 and all(b in epoch and len(b) == 8 for b in window)     # whole loop batches
+        widths = sorted(max(lengths[i] for i in b) for b in epoch)
+        # batch k sits at quantile (k + 0.5) / 4 of the epoch's widths
+        assert [max(lengths[i] for i in b) for b in window] == [widths[int((k + 0.5) * 25 / 4)] for k in range(4)]
+    assert padded_share(lengths, 8, "grouped", 3) < padded_share(lengths, 8, "random", 3)
+    w = Workload(data, COLLATE, batch_size=8, micro_batch_size=8, poisson=True, seed=3, orderings=("random", "grouped"),
+                 window=4)
+    w.draw(2)
+    assert list(w.windows) == ["random", "grouped"]
+    assert w.windows["grouped"] == [[data[i] for i in b] for b in ordered_window(lengths, 8, "grouped", 3, 2, 4)]
+    assert w.describe()["orderings"]["batches_per_round"] == 4
+    with pytest.raises(ValueError, match="ordering='sorted' is not valid"):
+        ordered_window(lengths, 8, "sorted", 3, 0, 4)

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from jrft_cli.bench.rows import SUBJECT
-from jrft_cli.bench.targets import BASELINE, find_row
+from jrft_cli.bench.rows import DEFAULT_AXES, SUBJECT
+from jrft_cli.bench.targets import BASELINE, find_row, same_batches, speedup
 from jrft_cli.core.errors import JrftError
 
 SCHEMA = "jrft-bench/2"
@@ -82,11 +82,23 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     train = report.get("train", [])
     if train:
         ref = find_row(train, {"method": BASELINE})
-        out.append(("Training step", ["row", "step ms (median)", "q1-q3 ms", f"vs {BASELINE}", "examples/s",
-                                      _MEMORY[train[0]["memory_kind"]], "trainable params"],
-                    [[r["label"], _fmt(r["median_ms"]), _iqr(r),
-                      _fmt(r["median_ms"] / ref["median_ms"], ".2f") if ref else "-", _fmt(r["examples_per_s"]),
-                      _fmt(r["memory_mb"], ".0f"), _fmt(r["trainable_params"])] for r in train]))
+        header = ["row", "step ms (median)", "q1-q3 ms", f"vs {BASELINE}", "examples/s",
+                  _MEMORY[train[0]["memory_kind"]], "trainable params"]
+        rows = [[r["label"], _fmt(r["median_ms"]), _iqr(r),
+                 _fmt(r["median_ms"] / ref["median_ms"], ".2f") if ref and same_batches(r, ref) else "-",
+                 _fmt(r["examples_per_s"]),
+                 _fmt(r["memory_mb"], ".0f"), _fmt(r["trainable_params"])] for r in train]
+        if any(k in r["id"] for r in train for k in DEFAULT_AXES):
+            # each row against the same method's fp32, random-order row (an ordering row's steps take
+            # more examples than a plain row's, so milliseconds do not compare; examples/s do)
+            base = "/".join(DEFAULT_AXES.values())
+            header += ["attention", f"examples/s vs {base}"]
+            for cells, r in zip(rows, train):
+                own = {k: v for k, v in r["id"].items() if k not in DEFAULT_AXES}
+                b = find_row(train, own)
+                cells += [r.get("attn_implementation") or "-",
+                          _fmt(speedup(r, b), ".2f") if b and "examples" in r and "examples" in b else "-"]
+        out.append(("Training step", header, rows))
     if report.get("eval"):
         rows = report["eval"]
         out.append(("Evaluation forward (no_grad)", ["row", "batch ms (median)", "q1-q3 ms", "examples/s",
@@ -95,7 +107,8 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                      for r in rows]))
     if report.get("private"):
         rows = report["private"]
-        nonprivate = {json.dumps(r["id"], sort_keys=True): r["median_ms"] for r in train}
+        # paired by identity, and only where both stepped on the round's batch (milliseconds compare)
+        nonprivate = {json.dumps(r["id"], sort_keys=True): r["median_ms"] for r in train if r.get("batches", "round") == "round"}
         out.append(("Private (DP-SGD) step", ["row", "per-example gradients", "step ms (median)", "q1-q3 ms",
                                               "vs its non-private step", "examples/s", _MEMORY[rows[0]["memory_kind"]]],
                     [[r["label"], r["path"], _fmt(r["median_ms"]), _iqr(r),
@@ -141,10 +154,19 @@ def _workload_line(cfg: dict[str, Any]) -> str:
     if w["kind"] == "fixed":
         return (f"a synthetic batch of {w['batch_size']} sequences of exactly {cfg['seq_len']} tokens (mask-head "
                 f"format), the same every round, in micro-batches of {w['micro_batch_size']}")
-    return (f"Poisson batches (expected size {w['batch_size']}, q = {w['sample_rate']:.4g}) drawn from the first "
+    line = (f"Poisson batches (expected size {w['batch_size']}, q = {w['sample_rate']:.4g}) drawn from the first "
             f"{w['examples']} training rows of {cfg['data']} (mean {w['mean_tokens']:.1f} tokens, at most "
             f"{cfg['seq_len']}), one draw per round shared by every row, sorted by length, in micro-batches of "
             f"{w['micro_batch_size']}")
+    o = w.get("orderings")
+    if o:
+        pads = ", ".join(f"{k} {v:.0%}" for k, v in o["padded_share"].items())
+        line += (f". Training rows with an ordering step instead on {o['batches_per_round']} batches of "
+                 f"{o['batch_size']} per call (one optimizer step accumulating them), ordered as the training "
+                 f"loop orders an epoch (random: shuffled; grouped: train.group_by_length) and picked at evenly "
+                 f"spaced quantiles of that epoch's batch widths (epoch r in round r); padding in an epoch of "
+                 f"such batches: {pads} of the tokens")
+    return line
 
 
 def markdown_body(report: dict[str, Any]) -> str:

@@ -2,10 +2,12 @@
 
 A row's identity is a dict of axes, e.g. `{"method": "jr", "projection": "structured"}`; sections
 match rows across tables by equal identities, and the label shown in tables joins the values
-("jr structured"). Axes today: `method` (a registered method, or `naive_jr`, the reference
-implementation of bench/naive_jr.py) and any method option varied with `--vary` (e.g. `projection`).
-Further axes (precision, batch ordering) are added by putting more keys into `RowSpec.id` and reading
-them where steps.py builds and steps the row (e.g. `Trainer(precision=...)`, `predict(amp=...)`).
+("jr structured"). Axes: `method` (a registered method, or `naive_jr`, the reference
+implementation of bench/naive_jr.py), any method option varied with `--vary` (e.g. `projection`), and
+the run axes `precision` (`hardware.precision`: fp32, bf16, fp16) and `ordering` (the batches a training
+step takes: random or grouped, see bench/workload.py). A run axis joins a row's identity only when the
+bench is asked for something other than its default (`DEFAULT_AXES`), so a row without it has the
+default value; steps.py reads them where it builds and steps the row (`Trainer(precision=...)`).
 
 Each method's settings come from the registry: its options, head, dropout and learning rates are
 its conf/method/<name>.yaml (`MethodSpec.defaults()`), with the yaml's `${d}` / `${seed}` filled by
@@ -32,6 +34,9 @@ NAIVE = "naive_jr"
 # `jrft bench` without --vary: both projection kinds of every method that has a projection option.
 DEFAULT_VARY: dict[str, list[str]] = {"projection": ["dense", "structured"]}
 _INTERPOLATION = re.compile(r"^\$\{(\w+)\}$")
+# Run axes and the value a row has when the axis is not in its identity.
+DEFAULT_AXES: dict[str, str] = {"precision": "fp32", "ordering": "random"}
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,13 @@ class MethodSetup:
         return {"name": self.method, **self.options_dict(), "head": self.head, "dropout": self.dropout,
                 "lr": self.lr}
 
-    def build(self, model_name: str, tokenizer: Any, num_labels: int, seed: int) -> nn.Module:
+    def build(self, model_name: str, tokenizer: Any, num_labels: int, seed: int,
+              attn_implementation: str | None = None) -> nn.Module:
         """The classifier with this method applied (deterministic for `seed`), on CPU."""
         from jrft_cli.core.build import build_classifier
 
         return build_classifier(model_name, num_labels, self.method, self.options, tokenizer=tokenizer, seed=seed,
-                                head=self.head, dropout=self.dropout)
+                                head=self.head, dropout=self.dropout, attn_implementation=attn_implementation)
 
 
 def method_setup(name: str, *, d: int, seed: int, overrides: dict[str, Any] | None = None) -> MethodSetup:
@@ -99,6 +105,14 @@ class RowSpec:
         return self.id["method"]
 
     @property
+    def precision(self) -> str:
+        return self.id.get("precision", DEFAULT_AXES["precision"])
+
+    @property
+    def ordering(self) -> str:
+        return self.id.get("ordering", DEFAULT_AXES["ordering"])
+
+    @property
     def lr(self) -> float:
         return self.setup.lr
 
@@ -114,14 +128,16 @@ class RowSpec:
             return naive_options(self.setup.options)
         return self.setup.options_dict()
 
-    def build(self, model_name: str, tokenizer: Any, num_labels: int, seed: int) -> nn.Module:
-        """The row's model on CPU (deterministic for `seed`)."""
+    def build(self, model_name: str, tokenizer: Any, num_labels: int, seed: int,
+              attn_implementation: str | None = None) -> nn.Module:
+        """The row's model on CPU (deterministic for `seed`); `attn_implementation`: the backbone's
+        attention kernel (None = the model's default; the naive reference always takes the default)."""
         if self.naive:
             from jrft_cli.bench.naive_jr import build_naive_jr
 
             return build_naive_jr(model_name, tokenizer, num_labels, self.setup.options, seed=seed,
                                   head=self.setup.head, dropout=self.setup.dropout)
-        return self.setup.build(model_name, tokenizer, num_labels, seed)
+        return self.setup.build(model_name, tokenizer, num_labels, seed, attn_implementation)
 
 
 def label(row_id: dict[str, Any]) -> str:
@@ -154,24 +170,44 @@ def _typed(value: str) -> Any:
     return yaml.safe_load(value)
 
 
-def method_rows(methods: list[str], vary: dict[str, list[str]], *, d: int, seed: int, naive: bool) -> list[RowSpec]:
+def run_axes(precisions: list[str] | None = None, orderings: list[str] | None = None) -> dict[str, list[str]]:
+    """The run axes rows vary on: each of `precisions`, `orderings` that is not just its default
+    (DEFAULT_AXES); an unknown value is a JrftError naming the choices."""
+    from jrft_cli.bench.workload import ORDERINGS
+
+    out: dict[str, list[str]] = {}
+    for axis, values, choices in (("precision", precisions, PRECISIONS), ("ordering", orderings, ORDERINGS)):
+        values = list(dict.fromkeys(values or [DEFAULT_AXES[axis]]))
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise JrftError(f"--{axis}s {','.join(bad)} not valid; choose from {','.join(choices)}")
+        if values != [DEFAULT_AXES[axis]]:
+            out[axis] = values
+    return out
+
+
+def method_rows(methods: list[str], vary: dict[str, list[str]], *, d: int, seed: int, naive: bool,
+                axes: dict[str, list[str]] | None = None) -> list[RowSpec]:
     """The rows of the train / eval / private sections: every method of `methods` (registry names),
-    once per combination of the `vary` values of the options it has; then, with `naive`, the naive
-    reference of SUBJECT (with SUBJECT's defaults). Everything is checked here, before any model
-    loads: an unknown method, a `vary` key no method has, or a bad value is a JrftError."""
+    once per combination of the `vary` values of the options it has and of the run `axes` (`run_axes`);
+    then, with `naive`, the naive reference of SUBJECT (with SUBJECT's defaults, fp32). Everything is
+    checked here, before any model loads: an unknown method, a `vary` key no method has, or a bad value
+    is a JrftError."""
     known = set(method_names())
     bad = [m for m in methods if m not in known]
     if bad:
         raise JrftError(f"--methods {','.join(bad)} not valid; choose from {','.join(method_names())}")
     used: set[str] = set()
     rows: list[RowSpec] = []
+    run_names, run_values = list(axes or {}), list((axes or {}).values())
     for name in dict.fromkeys(methods):
-        axes = [k for k in vary if k in option_names(method_spec(name).options)]
-        used.update(axes)
-        for combo in itertools.product(*(vary[k] for k in axes)):
-            overrides = {k: _typed(v) for k, v in zip(axes, combo)}
-            rows.append(RowSpec({"method": name, **dict(zip(axes, combo))},
-                                method_setup(name, d=d, seed=seed, overrides=overrides)))
+        options = [k for k in vary if k in option_names(method_spec(name).options)]
+        used.update(options)
+        for combo in itertools.product(*(vary[k] for k in options)):
+            overrides = {k: _typed(v) for k, v in zip(options, combo)}
+            setup = method_setup(name, d=d, seed=seed, overrides=overrides)
+            for run in itertools.product(*run_values):
+                rows.append(RowSpec({"method": name, **dict(zip(options, combo)), **dict(zip(run_names, run))}, setup))
     unused = [k for k in vary if k not in used]
     if unused:
         have = sorted({n for m in methods for n in option_names(method_spec(m).options)})

@@ -13,11 +13,12 @@ import torch
 
 from jrft_cli.bench import report as report_mod
 from jrft_cli.bench.inference import inference_rows
-from jrft_cli.bench.rows import SUBJECT, method_rows, method_setup
+from jrft_cli.bench.rows import SUBJECT, method_rows, method_setup, run_axes
 from jrft_cli.bench.steps import STEP_SECTIONS, step_sections
 from jrft_cli.bench.targets import targets
 from jrft_cli.bench.workload import Workload, synthetic_batch
 from jrft_cli.tasks.evaluation import TaskInfo
+from jrft_cli.training.loop import attention_implementation, autocast_dtype
 
 SECTIONS = ("train", "eval", "private", "inference", "projection")
 
@@ -31,6 +32,9 @@ class BenchSettings:
     methods: list[str]
     sections: list[str] = field(default_factory=lambda: list(SECTIONS))
     vary: dict[str, list[str]] = field(default_factory=dict)
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    orderings: list[str] = field(default_factory=lambda: ["random"])   # other than random: needs `data`
+    batches_per_round: int = 4               # loop batches per timed training call of an ordering row
     naive: bool = True
     d: int = 1024
     seed: int = 0
@@ -79,15 +83,20 @@ def run_bench(s: BenchSettings, *, tokenizer: Any, collate: Callable | None, tas
             items, poisson = synthetic_batch(tokenizer, s.batch_size, s.seq_len, s.num_labels, s.seed), False
         else:
             items, poisson = s.examples or [], True
-        work = Workload(items, collate, s.batch_size, s.micro_batch_size or s.batch_size, poisson, s.seed)
+        axes = run_axes(s.precisions, s.orderings)
+        work = Workload(items, collate, s.batch_size, s.micro_batch_size or s.batch_size, poisson, s.seed,
+                        orderings=tuple(axes.get("ordering", ())), window=s.batches_per_round)
         report["config"]["workload"] = work.describe()
     else:
         report["config"]["workload"] = {"kind": "none"}
 
     steps = [x for x in STEP_SECTIONS if x in s.sections]
     if steps:
-        rows = method_rows(s.methods, s.vary, d=s.d, seed=s.seed, naive=s.naive)
-        build = lambda row: row.build(s.model_name, tokenizer, s.num_labels, s.seed)  # noqa: E731
+        rows = method_rows(s.methods, s.vary, d=s.d, seed=s.seed, naive=s.naive, axes=run_axes(s.precisions, s.orderings))
+
+        def build(row: Any) -> torch.nn.Module:   # bf16 on CPU: eager attention, as `jrft train` loads it
+            attn = attention_implementation(autocast_dtype(row.precision, device), device)
+            return row.build(s.model_name, tokenizer, s.num_labels, s.seed, attn)
         report.update(step_sections(rows, build, steps, work, task, device, rounds=s.steps, warmup=s.warmup,
                                     noise_multiplier=s.noise_multiplier, max_grad_norm=s.max_grad_norm,
                                     opacus_mode=s.opacus_mode, log=log))

@@ -66,8 +66,9 @@ EXTRA_SECTIONS = ("multitask", "serving")
 
 
 def parser() -> argparse.ArgumentParser:
-    from jrft_cli.bench.rows import NAIVE, SUBJECT
+    from jrft_cli.bench.rows import NAIVE, PRECISIONS, SUBJECT
     from jrft_cli.bench.run import SECTIONS
+    from jrft_cli.bench.workload import ORDERINGS
     from jrft_cli.core.conf import group_choices
     from jrft_cli.core.registry import method_names
 
@@ -80,6 +81,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vary", action="append", default=None, metavar="OPTION=V1,V2",
                    help="one row per value of a method option, for every method that has the option "
                         "(repeatable; default: projection=dense,structured where a method has it)")
+    p.add_argument("--precisions", type=_choice_list(PRECISIONS, "--precisions"), default=["fp32"],
+                   help=f"comma list from {','.join(PRECISIONS)}: one train/eval/private row per value, run as "
+                        "hardware.precision runs it (bf16 on CPU: autocast with eager attention) (default fp32)")
+    p.add_argument("--orderings", type=_choice_list(ORDERINGS, "--orderings"), default=["random"],
+                   help=f"comma list from {','.join(ORDERINGS)}: one training row per value, stepping on "
+                        "--batches-per-round loop batches of --batch-size ordered as train.group_by_length=false "
+                        "(random) or true (grouped) orders an epoch; needs --data (default random: the plain batch)")
+    p.add_argument("--batches-per-round", type=_positive, default=4,
+                   help="with --orderings: loop batches per timed training call, picked at evenly spaced "
+                        "quantiles of the epoch's batch widths (default 4)")
     p.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
                    help=f"add the {NAIVE} rows: {SUBJECT} written the straightforward way (dense W_l "
                         "parameters, opacus' generic per-sample hooks), for comparison (default: yes)")
@@ -159,19 +170,35 @@ def _compose(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
-def _settings(args: argparse.Namespace, cfg: dict[str, Any]) -> Any:
-    """The settings `args` ask for, checked (methods, --vary) before anything loads."""
-    from jrft_cli.bench.rows import DEFAULT_VARY, applicable, method_rows, parse_vary
+def _settings(args: argparse.Namespace, cfg: dict[str, Any], device: Any = None) -> Any:
+    """The settings `args` ask for, checked (methods, --vary, precisions on `device`, orderings) before
+    anything loads."""
+    import torch
+
+    from jrft_cli.bench.rows import DEFAULT_VARY, applicable, method_rows, parse_vary, run_axes
     from jrft_cli.bench.run import BenchSettings
     from jrft_cli.core.backbone import model_id
+    from jrft_cli.core.errors import JrftError
+    from jrft_cli.training.loop import autocast_dtype
 
     # The default varies only what the chosen methods have; an explicit --vary must apply to one of them.
     vary = parse_vary(args.vary) if args.vary is not None else applicable(DEFAULT_VARY, args.methods)
-    method_rows(args.methods, vary, d=args.d, seed=args.seed, naive=args.naive)   # checks before anything loads
+    axes = run_axes(args.precisions, args.orderings)
+    method_rows(args.methods, vary, d=args.d, seed=args.seed, naive=args.naive, axes=axes)   # checks before anything loads
+    for precision in args.precisions:      # e.g. fp16 on CPU: refused as `jrft train` refuses it
+        try:
+            autocast_dtype(precision, device or torch.device("cpu"))
+        except JrftError as e:
+            raise JrftError(f"--precisions {precision}: {e}") from None
+    if "ordering" in axes and not args.data:
+        raise JrftError(f"--orderings {','.join(args.orderings)} needs --data (a GLUE task): the synthetic batch has "
+                        "one length, so every ordering would be the same")
     task = cfg["task"]
     return BenchSettings(
         model_name=cfg["model"]["name"], model_id=model_id(cfg["model"]["name"]), methods=args.methods,
-        sections=[x for x in args.only if x not in EXTRA_SECTIONS], vary=vary, naive=args.naive, d=args.d, seed=args.seed, batch_size=args.batch_size,
+        sections=[x for x in args.only if x not in EXTRA_SECTIONS], vary=vary, precisions=args.precisions,
+        orderings=args.orderings, batches_per_round=args.batches_per_round, naive=args.naive, d=args.d,
+        seed=args.seed, batch_size=args.batch_size,
         micro_batch_size=args.micro_batch_size, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup,
         noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm, opacus_mode=args.opacus_mode,
         data=args.data, num_labels=1 if task["is_regression"] else len(task["labels"]),
@@ -200,7 +227,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cfg = _compose(args)
-    settings = _settings(args, cfg)
+    settings = _settings(args, cfg, device)
     task = cfg["task"]
     if set(args.only) <= {"projection"}:       # random-weight models only: no tokenizer, no data
         tokenizer = collate = None
