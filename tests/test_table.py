@@ -220,13 +220,13 @@ def test_failed_runs_are_skipped_with_their_error_on_stderr(tmp_path):
     runs, skipped = collect([tmp_path])
     assert [r["seed"] for r in runs] == [0]
     assert skipped == [(failed, "the run failed (training failed at step 2: loss is nan); it is not averaged in")]
-    proc = _jrft(str(tmp_path))
+    proc = run_jrft("table", str(tmp_path))
     assert proc.returncode == 0 and "(n=1)" in proc.stdout
     assert f"jrft table: skipped {failed}: the run failed (training failed at step 2: loss is nan)" in proc.stderr
 
 
 def test_cli_out_naming_a_directory_is_one_line(tmp_path):
-    proc = _jrft(str(FIXTURES), "--out", str(tmp_path))
+    proc = run_jrft("table", str(FIXTURES), "--out", str(tmp_path))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [f"jrft table: error: --out '{tmp_path}' is a directory; give a file path "
                                         f"(e.g. {tmp_path / 'out.tsv'})"]

@@ -101,8 +101,10 @@ PROBE_TOL = 1e-3   # absolute and relative, on logits: far above float noise acr
 
 
 def is_pair_task(task: dict[str, Any]) -> bool:
-    """True for a sentence-pair task config (GLUE's under `tsv`, a custom task's at the top)."""
-    return len((task.get("tsv") or task)["text_fields"]) > 1
+    """True for a sentence-pair task config (GLUE's under `tsv`, a custom task's at the top; token
+    tasks read one sentence)."""
+    fields = (task.get("tsv") or task).get("text_fields")
+    return fields is not None and len(fields) > 1
 
 
 def probe_batch(tokenizer: Any, mask_format: bool, pair: bool) -> dict[str, torch.Tensor]:
