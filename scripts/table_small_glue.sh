@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 export JRFT_GLUE_DIR=${JRFT_GLUE_DIR:-$(cd ../shared/glue 2>/dev/null && pwd || echo "")}
 SWEEP_DIR=${SWEEP_DIR:-outputs/small_glue}
 LAUNCHER=${LAUNCHER:-basic}
-run() { jrft train hydra/launcher=$LAUNCHER hardware.num_threads=1 "$@"; }
+run() { jrft train -m hydra/launcher=$LAUNCHER hardware.num_threads=1 "$@"; }
 
 (run experiment=small_glue hydra.sweep.dir="$SWEEP_DIR/seed0" "$@") & first=$!
 (run experiment=small_glue_dp hydra.sweep.dir="$SWEEP_DIR/dp_seed0" "$@"

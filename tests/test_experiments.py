@@ -119,6 +119,15 @@ def test_small_glue_is_minilm_on_the_local_glue_tasks_and_every_method():
     assert len(second) == 3 * 5 and {j["seed"] for j in second} == {"1"}
 
 
+def test_small_glue_3ep_is_small_glue_with_a_converging_budget():
+    cfg = _compose(["experiment=small_glue_3ep", "+row=full_lr1e-4", "task=cola"])
+    assert cfg.model.key == "minilm" and cfg.train.epochs == 3 and cfg.train.group_by_length
+    assert cfg.method.name == "full" and cfg.method.lr == 1e-4 and cfg.hardware.precision == "auto"
+    jobs = _jobs("small_glue_3ep")
+    assert len(jobs) == 9 * 5
+    assert {j["+row"] for j in _jobs("small_glue")} - {"full"} | {"full_lr1e-4"} == {j["+row"] for j in jobs}
+
+
 def test_intrinsic_dimension_is_one_minilm_configuration_of_2000_rows():
     cfg = _compose(["experiment=intrinsic_dimension", "task=stsb", "method.projection=structured", "d=64"], hydra=True)
     assert cfg.model.key == "minilm" and cfg.hardware.device == "cpu" and cfg.hardware.num_threads == 1

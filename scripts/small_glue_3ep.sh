@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# small_glue with a budget that converges (conf/experiment/small_glue_3ep.yaml): every row at seeds 0 and
+# 1, the jr rows also at seed 2. Two streams of single-thread jobs side by side (one per core).
+#   JRFT_GLUE_DIR=../shared/glue scripts/small_glue_3ep.sh
+# It takes several sittings on a 2-core CPU: relaunching with the same SWEEP_DIR skips finished jobs and
+# resumes interrupted ones. PUBLISH=1 copies the finished runs' results.json files into
+# docs/results/small_glue_3ep/runs (commit them as slices finish).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export JRFT_GLUE_DIR=${JRFT_GLUE_DIR:-$(cd ../shared/glue 2>/dev/null && pwd || echo "")}
+SWEEP_DIR=${SWEEP_DIR:-outputs/small_glue_3ep}
+LAUNCHER=${LAUNCHER:-basic}
+JR_ROWS=jr_d1024,jr_d64,jr_warp_d1024
+run() { jrft train -m hydra/launcher=$LAUNCHER hardware.num_threads=1 experiment=small_glue_3ep "$@"; }
+
+if [ "${PUBLISH:-0}" != 1 ]; then
+  (run hydra.sweep.dir="$SWEEP_DIR/seed0" "$@") & first=$!
+  (run "+row=$JR_ROWS" seed=1 hydra.sweep.dir="$SWEEP_DIR/seed1_jr" "$@"
+   run "+row=$JR_ROWS" seed=2 hydra.sweep.dir="$SWEEP_DIR/seed2_jr" "$@"
+   run '+row=full_lr1e-4,bitfit,lora_r1,linear,adapters,warp_k20' seed=1 hydra.sweep.dir="$SWEEP_DIR/seed1" "$@") & second=$!
+  wait $first; wait $second       # set -e: a failed stream fails the script
+  jrft table "$SWEEP_DIR"
+else
+  DEST=docs/results/small_glue_3ep/runs
+  (cd "$SWEEP_DIR" && find . -name results.json) | while read -r f; do
+    if grep -q '"status": "completed"' "$SWEEP_DIR/$f"; then
+      mkdir -p "$DEST/$(dirname "$f")" && cp "$SWEEP_DIR/$f" "$DEST/$f"
+    fi
+  done
+  jrft table "$DEST"
+fi
