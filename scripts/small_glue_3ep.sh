@@ -22,7 +22,7 @@ if [ "${PUBLISH:-0}" != 1 ]; then
   jrft table "$SWEEP_DIR"
 else
   DEST=docs/results/small_glue_3ep/runs
-  (cd "$SWEEP_DIR" && find . -name results.json) | while read -r f; do
+  (cd "$SWEEP_DIR" && find . -name results.json | sort) | while read -r f; do
     if grep -q '"status": "completed"' "$SWEEP_DIR/$f"; then
       mkdir -p "$DEST/$(dirname "$f")" && cp "$SWEEP_DIR/$f" "$DEST/$f"
     fi
