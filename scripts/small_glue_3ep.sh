@@ -4,7 +4,8 @@
 #   JRFT_GLUE_DIR=../shared/glue scripts/small_glue_3ep.sh
 # It takes several sittings on a 2-core CPU: relaunching with the same SWEEP_DIR skips finished jobs and
 # resumes interrupted ones. PUBLISH=1 copies the finished runs' results.json files into
-# docs/results/small_glue_3ep/runs (commit them as slices finish).
+# docs/results/small_glue_3ep/runs (commit them as slices finish); a later launch on a fresh machine starts
+# from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JRFT_GLUE_DIR=${JRFT_GLUE_DIR:-$(cd ../shared/glue 2>/dev/null && pwd || echo "")}
@@ -13,7 +14,15 @@ LAUNCHER=${LAUNCHER:-basic}
 JR_ROWS=jr_d1024,jr_d64,jr_warp_d1024
 run() { jrft train -m hydra/launcher=$LAUNCHER hardware.num_threads=1 experiment=small_glue_3ep "$@"; }
 
+PUBLISHED=docs/results/small_glue_3ep/runs
 if [ "${PUBLISH:-0}" != 1 ]; then
+  # On a fresh machine, start from the published slice: a run dir holding a completed results.json is
+  # skipped, so those runs are not trained again. Existing run dirs are left as they are.
+  if [ -d "$PUBLISHED" ]; then
+    (cd "$PUBLISHED" && find . -name results.json) | while read -r f; do
+      [ -e "$SWEEP_DIR/$(dirname "$f")" ] || { mkdir -p "$SWEEP_DIR/$(dirname "$f")" && cp "$PUBLISHED/$f" "$SWEEP_DIR/$f"; }
+    done
+  fi
   (run hydra.sweep.dir="$SWEEP_DIR/seed0" "$@") & first=$!
   (run "+row=$JR_ROWS" seed=1 hydra.sweep.dir="$SWEEP_DIR/seed1_jr" "$@"
    run "+row=$JR_ROWS" seed=2 hydra.sweep.dir="$SWEEP_DIR/seed2_jr" "$@"
@@ -21,7 +30,7 @@ if [ "${PUBLISH:-0}" != 1 ]; then
   wait $first; wait $second       # set -e: a failed stream fails the script
   jrft table "$SWEEP_DIR"
 else
-  DEST=docs/results/small_glue_3ep/runs
+  DEST=$PUBLISHED
   (cd "$SWEEP_DIR" && find . -name results.json | sort) | while read -r f; do
     if grep -q '"status": "completed"' "$SWEEP_DIR/$f"; then
       mkdir -p "$DEST/$(dirname "$f")" && cp "$SWEEP_DIR/$f" "$DEST/$f"
