@@ -80,13 +80,22 @@ def test_a_deleted_required_key_is_named():
 
 def test_every_shipped_config_passes():
     """Each experiment preset, table row and config-group option composes into a valid config."""
+    cases = []
     for group in ("experiment", "model", "task", "method", "hardware", "privacy"):
-        for choice in group_choices(group):
-            validate(plain(f"{group}={choice}"))
-    for row in sorted(p.stem for p in (REPO / "conf" / "row").glob("*.yaml")):
-        validate(plain(f"+row={row}"))
-        validate(plain(f"+row={row}", "privacy=dp"))
-    validate(plain("logger=wandb", "hardware.device=cuda:1", "data.limit_train=5", "train.lr=1"))
+        choices = group_choices(group)
+        assert choices, f"conf/{group}/ offers no choice"
+        cases += [[f"{group}={choice}"] for choice in choices]
+    rows = sorted(p.stem for p in (REPO / "conf" / "row").glob("*.yaml"))
+    assert rows, "conf/row/ holds no row"
+    cases += [[f"+row={row}", *extra] for row in rows for extra in ([], ["privacy=dp"])]
+    cases.append(["logger=wandb", "hardware.device=cuda:1", "data.limit_train=5", "train.lr=1"])
+    refused = []
+    for overrides in cases:
+        try:
+            validate(plain(*overrides))
+        except JrftError as err:
+            refused.append(f"{' '.join(overrides)}: {err}")
+    assert refused == []
 
 
 def test_max_length_against_the_models_limit():
