@@ -30,11 +30,10 @@ if [ "${PUBLISH:-0}" != 1 ]; then
   wait $first; wait $second       # set -e: a failed stream fails the script
   jrft table "$SWEEP_DIR"
 else
-  DEST=$PUBLISHED
   (cd "$SWEEP_DIR" && find . -name results.json | sort) | while read -r f; do
     if grep -q '"status": "completed"' "$SWEEP_DIR/$f"; then
-      mkdir -p "$DEST/$(dirname "$f")" && cp "$SWEEP_DIR/$f" "$DEST/$f"
+      mkdir -p "$PUBLISHED/$(dirname "$f")" && cp "$SWEEP_DIR/$f" "$PUBLISHED/$f"
     fi
   done
-  jrft table "$DEST"
+  jrft table "$PUBLISHED"
 fi
