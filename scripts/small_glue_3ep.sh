@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # small_glue with a budget that converges (conf/experiment/small_glue_3ep.yaml): every row at seeds 0 and
-# 1, the jr rows also at seed 2. Two streams of single-thread jobs side by side (one per core).
+# 1, the jr rows also at seed 2; then its private slice (conf/experiment/small_glue_3ep_dp.yaml) at the
+# same seeds. Two streams of single-thread jobs side by side (one per core).
 #   JRFT_GLUE_DIR=../shared/glue scripts/small_glue_3ep.sh
 # It takes several sittings on a 2-core CPU: relaunching with the same SWEEP_DIR skips finished jobs and
 # resumes interrupted ones. PUBLISH=1 copies the finished runs' results.json files into
@@ -13,6 +14,7 @@ SWEEP_DIR=${SWEEP_DIR:-outputs/small_glue_3ep}
 LAUNCHER=${LAUNCHER:-basic}
 JR_ROWS=jr_d1024,jr_d64,jr_warp_d1024
 run() { jrft train -m hydra/launcher=$LAUNCHER hardware.num_threads=1 experiment=small_glue_3ep "$@"; }
+run_dp() { jrft train -m hydra/launcher=$LAUNCHER hardware.num_threads=1 experiment=small_glue_3ep_dp "$@"; }
 
 PUBLISHED=docs/results/small_glue_3ep/runs
 if [ "${PUBLISH:-0}" != 1 ]; then
@@ -23,7 +25,10 @@ if [ "${PUBLISH:-0}" != 1 ]; then
       [ -e "$SWEEP_DIR/$(dirname "$f")" ] || { mkdir -p "$SWEEP_DIR/$(dirname "$f")" && cp "$PUBLISHED/$f" "$SWEEP_DIR/$f"; }
     done
   fi
-  (run hydra.sweep.dir="$SWEEP_DIR/seed0" "$@") & first=$!
+  (run hydra.sweep.dir="$SWEEP_DIR/seed0" "$@"
+   run_dp hydra.sweep.dir="$SWEEP_DIR/dp_seed0" "$@"
+   run_dp seed=1 hydra.sweep.dir="$SWEEP_DIR/dp_seed1" "$@"
+   run_dp +row=jr_d1024 seed=2 hydra.sweep.dir="$SWEEP_DIR/dp_seed2_jr" "$@") & first=$!
   (run "+row=$JR_ROWS" seed=1 hydra.sweep.dir="$SWEEP_DIR/seed1_jr" "$@"
    run "+row=$JR_ROWS" seed=2 hydra.sweep.dir="$SWEEP_DIR/seed2_jr" "$@"
    run '+row=full_lr1e-4,bitfit,lora_r1,linear,adapters,warp_k20' seed=1 hydra.sweep.dir="$SWEEP_DIR/seed1" "$@") & second=$!

@@ -144,6 +144,18 @@ def test_small_glue_dp_is_the_private_slice_jr_and_lora_at_epsilon_8():
     assert {(j["+row"], j["task"]) for j in jobs} == {(r, t) for r in ("jr_d1024", "lora_r1") for t in ("sst2", "mrpc")}
 
 
+def test_small_glue_3ep_dp_is_the_private_slice_for_3_epochs_at_epsilon_3_and_8():
+    cfg = _compose(["experiment=small_glue_3ep_dp", "+row=jr_d1024", "task=stsb"])
+    assert cfg.privacy.enabled and cfg.train.epochs == 3 and cfg.privacy.epochs == 3
+    assert cfg.privacy.batch_size == 256 and cfg.privacy.max_grad_norm == 5 and cfg.hardware.precision == "auto"
+    assert cfg.data.limit_train is None and not cfg.train.group_by_length   # DP keeps Poisson batches
+    assert _compose(["experiment=small_glue_3ep_dp", "task=sst2"]).data.limit_train == 8000
+    jobs = _jobs("small_glue_3ep_dp")
+    assert {(j["+row"], j["task"], float(j["privacy.epsilon"])) for j in jobs} == \
+        {(r, t, e) for r in ("jr_d1024", "lora_r1") for t in ("sst2", "stsb") for e in (3.0, 8.0)}
+    assert len(jobs) == 8
+
+
 @pytest.mark.parametrize("size, n_rows", [("base", 9), ("large", 10)])
 def test_paper_glue_grids(size, n_rows):
     cfg = _compose([f"experiment=paper_glue_roberta_{size}", "+row=jr_d1024", "task=sst2"])
