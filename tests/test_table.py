@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from jrft_cli.reporting.table import build_tables, collect, format_params, plot, render
+from jrft_cli.reporting.table import build_tables, collect, format_params, plot, relative_to, render
 
 from conftest import REPO, run_jrft
 
@@ -230,3 +230,61 @@ def test_cli_out_naming_a_directory_is_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [f"jrft table: error: --out '{tmp_path}' is a directory; give a file path "
                                         f"(e.g. {tmp_path / 'out.tsv'})"]
+
+
+# ---------------------------------------------------------------- --relative-to: % of a reference row
+
+def _cells(table) -> dict[tuple[str, str], tuple[float, float | None, int]]:
+    return {(r.method, task): (round(c.mean, 1), c.std and round(c.std, 1), c.n)
+            for r in table.rows for (task, _), c in r.cells.items()}
+
+
+def test_relative_to_full_divides_every_seed_by_fulls_mean_on_that_task(fixture_runs):
+    runs, _ = fixture_runs
+    tables, left_out = relative_to(build_tables(runs), "full")
+    # roberta-base has no full row: its table is left out and said so
+    assert [t.title for t in tables] == ["minilm, non-private", "minilm, ε = 3", "minilm, ε = 8"]
+    assert left_out == ["roberta-base, non-private: no non-private 'full' row for roberta-base"]
+    nonprivate, _, eps8 = tables
+    cells = _cells(nonprivate)
+    # jr CoLA 59, 61 / 57 = 103.5, 107.0 -> mean 105.3, std of (1.4 / 57 * 100) = 2.5
+    assert cells[("jr d=4096", "cola")] == (105.3, 2.5, 2)
+    # jr SST-2 90.8 / 91.5 = 99.2; full is 100.0 on every task, its std its seeds' spread in %
+    assert cells[("jr d=4096", "sst2")] == (99.2, 0.3, 3) and cells[("full", "sst2")] == (100.0, 0.3, 3)
+    # Avg: the mean of a row's percentages, jr (105.26 + 99.23 + 102.82) / 3 = 102.4
+    jr = next(r for r in nonprivate.rows if r.method == "jr d=4096")
+    assert round(jr.avg, 1) == 102.4 and jr.avg_best
+    # private rows read against the non-private full: DP jr SST-2 89.3 / 91.5 = 97.6, DP LoRA CoLA -2 / 57 = -3.5
+    assert _cells(eps8)[("jr d=4096", "sst2")][0] == 97.6 and _cells(eps8)[("lora r=1", "cola")][0] == -3.5
+    assert "as % of full's mean" in nonprivate.notes[0]
+
+
+def test_relative_to_leaves_out_a_column_whose_reference_is_not_positive():
+    runs = [_run(method_label="full", trainable_params=22_614_530, best_dev={"accuracy": 0.9}),
+            _run(task="cola", main_metric="matthews", method_label="full", trainable_params=22_614_530,
+                 dev={"matthews": 0.0}, best_dev={"matthews": 0.0}),
+            _run(), _run(task="cola", main_metric="matthews", dev={"matthews": 0.1}, best_dev={"matthews": 0.1})]
+    tables, left_out = relative_to(build_tables(runs), "full")
+    assert [c.task for c in tables[0].columns] == ["sst2"]
+    assert left_out == ["minilm, non-private: CoLA (MCC) (full's mean 0.0 is not positive)"]
+    assert _cells(tables[0])[("jr d=1024", "sst2")][0] == round(83 / 90 * 100, 1)
+
+
+def test_relative_to_an_unknown_row_names_the_rows_there_are(fixture_runs):
+    runs, _ = fixture_runs
+    with pytest.raises(ValueError, match=r"--relative-to 'ful' names no non-private row; valid: full, jr d=4096, "
+                                         r"linear, lora r=1"):
+        relative_to(build_tables(runs), "ful")
+    proc = run_jrft("table", str(FIXTURES), "--relative-to", "ful")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1].startswith("jrft table: error: --relative-to 'ful' names no non-private row")
+
+
+def test_cli_relative_to_prints_percentages_and_what_it_left_out(tmp_path):
+    out = tmp_path / "rel.csv"
+    proc = run_jrft("table", str(FIXTURES), "--relative-to", "full", "--format", "csv", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "jrft table: left out roberta-base, non-private: no non-private 'full' row" in proc.stderr
+    rows = out.read_text().splitlines()
+    assert rows[0].endswith(",scale") and all(r.endswith(",% of full") for r in rows[1:])
+    assert "minilm,,jr d=4096,sst2,accuracy,best,4866,99.2350," in out.read_text()

@@ -23,13 +23,15 @@ def parser() -> argparse.ArgumentParser:
                    help="'main' = each task's main metric (default), or a metric name for every task")
     p.add_argument("--snapshot", default="best", choices=list(SNAPSHOTS),
                    help="best = best dev checkpoint (best_dev, default); final = last evaluation (dev)")
+    p.add_argument("--relative-to", metavar="ROW",
+                   help="show scores as %% of this row's non-private mean per task, e.g. full (the plots stay absolute)")
     return p
 
 
 def main(argv: list[str]) -> int:
     from jrft_cli.cli import check_output_path
     from jrft_cli.core.errors import JrftError
-    from jrft_cli.reporting.table import build_tables, collect, plot, render
+    from jrft_cli.reporting.table import build_tables, collect, plot, relative_to, render
 
     args = parser().parse_args(argv)
     try:
@@ -48,6 +50,17 @@ def main(argv: list[str]) -> int:
         what = f" with metric {metric_name!r}" if metric_name and runs else ""
         print(f"jrft table: no completed runs{what} under: {' '.join(args.paths)}", file=sys.stderr)
         return 1
+    if args.relative_to is not None:
+        try:
+            tables, left_out = relative_to(tables, args.relative_to, metric_name)
+        except ValueError as e:
+            print(f"jrft table: error: {e}", file=sys.stderr)
+            return 2
+        for what in left_out:
+            print(f"jrft table: left out {what}", file=sys.stderr)
+        if not tables:
+            print(f"jrft table: nothing to show relative to {args.relative_to!r}", file=sys.stderr)
+            return 1
     text = render(tables, args.format)
     try:
         write_output(text, args.out, f"jrft table: wrote {args.out}")

@@ -13,6 +13,9 @@ Conventions (the table's caption repeats the ones a reader needs):
 - Best per column compares the values as displayed (1 decimal), so ties are all marked.
 - DP runs are grouped by their target epsilon (else the epsilon spent), rounded to 3 significant
   digits (accountants report e.g. 7.9999).
+- `relative_to` re-expresses every score as a percentage of one row's non-private mean per task (the
+  paper's "% of full finetuning"): each seed's score is divided by the reference mean, so the std is the
+  seeds' spread in those units.
 """
 from __future__ import annotations
 
@@ -110,6 +113,8 @@ class Table:
     columns: list[Column]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    relative_to: str | None = None  # scores are % of this row's non-private mean (None: scores x100)
+    lacking: int = 0  # runs left out for lacking the metric
 
     @property
     def title(self) -> str:
@@ -260,11 +265,54 @@ def build_tables(runs: list[dict], metric: str = "best", metric_name: str | None
     for (model, eps) in sorted(groups, key=lambda g: (g[1] is not None, g[1] or 0.0, g[0])):
         rows = sorted(groups[(model, eps)].values(), key=lambda r: (-r.params[1], r.method))
         columns = sorted({Column(*k) for r in rows for k in r.cells}, key=_column_sort_key)
-        table = Table(model, eps, metric, columns, rows)
+        table = Table(model, eps, metric, columns, rows, lacking=lacking.get((model, eps), 0))
         _mark_best(table)
-        table.notes = _notes(table, lacking.get((model, eps), 0), metric_name)
+        table.notes = _notes(table, metric_name)
         tables.append(table)
     return tables
+
+
+def relative_to(tables: list[Table], label: str, metric_name: str | None = None) -> tuple[list[Table], list[str]]:
+    """The same tables with every score as a percentage of row `label`'s mean on that task in the same
+    model's non-private table (the paper's "% of full finetuning"); private tables too, so DP rows read
+    against the same reference. Avg becomes the mean of a row's percentages.
+
+    Returns (tables, left_out): a model without a non-private `label` row, and a column where the
+    reference's mean is not positive (a percentage of it means nothing), are left out and named in
+    left_out. Raises ValueError naming the rows there are when no model has a `label` row.
+    """
+    refs = {t.model: {k: c.mean for r in t.rows if r.method == label for k, c in r.cells.items()}
+            for t in tables if t.epsilon is None}
+    refs = {model: cells for model, cells in refs.items() if cells}
+    if not refs:
+        rows = sorted({r.method for t in tables if t.epsilon is None for r in t.rows})
+        raise ValueError(f"--relative-to {label!r} names no non-private row; valid: {', '.join(rows) or 'none'}")
+    out: list[Table] = []
+    left_out: list[str] = []
+    for t in tables:
+        ref = refs.get(t.model)
+        if ref is None:
+            left_out.append(f"{t.title}: no non-private {label!r} row for {t.model}")
+            continue
+        nonpositive = [c for c in t.columns if (c.task, c.metric) in ref and ref[(c.task, c.metric)] <= 0]
+        left_out += [f"{t.title}: {c.header} ({label}'s mean {_display(ref[(c.task, c.metric)])} is not positive)"
+                     for c in nonpositive]
+        usable = {k for k, v in ref.items() if v > 0}
+        columns = [c for c in t.columns if (c.task, c.metric) in usable]
+        rows = []
+        for r in t.rows:
+            cells = {k: Cell([100.0 * v / ref[k] for v in c.values], c.trainable_params)
+                     for k, c in r.cells.items() if k in usable}
+            if cells:
+                rows.append(Row(r.method, cells))
+        if not rows:
+            left_out.append(f"{t.title}: no task that {label} has")
+            continue
+        table = Table(t.model, t.epsilon, t.snapshot, columns, rows, relative_to=label, lacking=t.lacking)
+        _mark_best(table)
+        table.notes = _notes(table, metric_name)
+        out.append(table)
+    return out, left_out
 
 
 def _mark_best(table: Table) -> None:
@@ -282,9 +330,14 @@ def _mark_best(table: Table) -> None:
             r.avg_best = float(_display(r.avg)) == top
 
 
-def _notes(table: Table, lacking: int, metric_name: str | None) -> list[str]:
+def _notes(table: Table, metric_name: str | None) -> list[str]:
     snapshot = "best dev checkpoint" if table.snapshot == "best" else "final dev evaluation"
-    notes = [f"Dev scores x100 ({snapshot}): mean ± sample std over seeds (n seeds); best per column in bold."]
+    if table.relative_to is None:
+        notes = [f"Dev scores x100 ({snapshot}): mean ± sample std over seeds (n seeds); best per column in bold."]
+    else:
+        notes = [f"Dev scores as % of {table.relative_to}'s mean on the same task ({table.model}, non-private; "
+                 f"{snapshot}): mean ± sample std over seeds (n seeds); best per column in bold. Avg is the mean "
+                 f"of a row's percentages."]
     partial = [r for r in table.rows if len(r.cells) < len(table.columns)]
     if partial:
         names = "; ".join(
@@ -298,9 +351,9 @@ def _notes(table: Table, lacking: int, metric_name: str | None) -> list[str]:
     if mixed:
         notes.append("Runs with different trainable parameter counts share a method_label (check the "
                      "labels): " + "; ".join(mixed) + ".")
-    if lacking:
+    if table.lacking:
         what = f"metric {metric_name!r}" if metric_name else "their main metric"
-        notes.append(f"{lacking} run(s) lack {what} and are left out.")
+        notes.append(f"{table.lacking} run(s) lack {what} and are left out.")
     return notes
 
 
@@ -361,7 +414,7 @@ def _render_latex(tables: list[Table]) -> str:
 
 
 CSV_FIELDS = ["model", "epsilon", "method", "task", "metric", "snapshot", "trainable_params",
-              "mean", "std", "n", "best"]
+              "mean", "std", "n", "best", "scale"]
 
 
 def _render_csv(tables: list[Table]) -> str:
@@ -381,6 +434,7 @@ def _render_csv(tables: list[Table]) -> str:
                     "trainable_params": "|".join(map(str, cell.trainable_params)),
                     "mean": f"{cell.mean:.4f}", "std": "" if cell.std is None else f"{cell.std:.4f}",
                     "n": cell.n, "best": int(cell.best),
+                    "scale": "x100" if t.relative_to is None else f"% of {t.relative_to}",
                 })
     return buf.getvalue()
 
