@@ -5,8 +5,8 @@
 #   JRFT_GLUE_DIR=../shared/glue scripts/small_glue_3ep.sh
 # It takes several sittings on a 2-core CPU: relaunching with the same SWEEP_DIR skips finished jobs and
 # resumes interrupted ones. PUBLISH=1 copies the finished runs' results.json files into
-# docs/results/small_glue_3ep/runs (commit them as slices finish); a later launch on a fresh machine starts
-# from them.
+# docs/results/small_glue_3ep/runs (commit them as slices finish) and redraws the plots beside them; a later
+# launch on a fresh machine starts from them. docs/results/small_glue.md quotes the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JRFT_GLUE_DIR=${JRFT_GLUE_DIR:-$(cd ../shared/glue 2>/dev/null && pwd || echo "")}
@@ -27,11 +27,12 @@ if [ "${PUBLISH:-0}" != 1 ]; then
   fi
   (run hydra.sweep.dir="$SWEEP_DIR/seed0" "$@"
    run_dp hydra.sweep.dir="$SWEEP_DIR/dp_seed0" "$@"
-   run_dp seed=1 hydra.sweep.dir="$SWEEP_DIR/dp_seed1" "$@"
+   run_dp +row=jr_d1024 seed=1 hydra.sweep.dir="$SWEEP_DIR/dp_seed1_jr" "$@"
    run_dp +row=jr_d1024 seed=2 hydra.sweep.dir="$SWEEP_DIR/dp_seed2_jr" "$@") & first=$!
   (run "+row=$JR_ROWS" seed=1 hydra.sweep.dir="$SWEEP_DIR/seed1_jr" "$@"
    run "+row=$JR_ROWS" seed=2 hydra.sweep.dir="$SWEEP_DIR/seed2_jr" "$@"
-   run '+row=full_lr1e-4,bitfit,lora_r1,linear,adapters,warp_k20' seed=1 hydra.sweep.dir="$SWEEP_DIR/seed1" "$@") & second=$!
+   run '+row=full_lr1e-4,bitfit,lora_r1,linear,adapters,warp_k20' seed=1 hydra.sweep.dir="$SWEEP_DIR/seed1" "$@"
+   run_dp +row=lora_r1 seed=1 hydra.sweep.dir="$SWEEP_DIR/dp_seed1_lora" "$@") & second=$!
   wait $first; wait $second       # set -e: a failed stream fails the script
   jrft table "$SWEEP_DIR"
 else
@@ -40,5 +41,7 @@ else
       mkdir -p "$PUBLISHED/$(dirname "$f")" && cp "$SWEEP_DIR/$f" "$PUBLISHED/$f"
     fi
   done
-  jrft table "$PUBLISHED"
+  rm -rf docs/results/small_glue_3ep/plots      # only jrft's plots live there; rebuilt from the published runs
+  jrft table "$PUBLISHED" --plot docs/results/small_glue_3ep/plots > /dev/null
+  jrft table "$PUBLISHED"                       # quoted in docs/results/small_glue.md
 fi
