@@ -13,10 +13,12 @@ export JRFT_GLUE_DIR=${JRFT_GLUE_DIR:-$(cd ../shared/glue 2>/dev/null && pwd || 
 SWEEP_DIR=${SWEEP_DIR:-outputs/small_glue_3ep}
 LAUNCHER=${LAUNCHER:-basic}
 JR_ROWS=jr_d1024,jr_d64,jr_warp_d1024
-run() { jrft train -m hydra/launcher=$LAUNCHER hardware.num_threads=1 experiment=small_glue_3ep "$@"; }
-run_dp() { jrft train -m hydra/launcher=$LAUNCHER hardware.num_threads=1 experiment=small_glue_3ep_dp "$@"; }
+sweep() { jrft train -m hydra/launcher=$LAUNCHER hardware.num_threads=1 "$@"; }
+run() { sweep experiment=small_glue_3ep "$@"; }
+run_dp() { sweep experiment=small_glue_3ep_dp "$@"; }
 
-PUBLISHED=docs/results/small_glue_3ep/runs
+DEST=docs/results/small_glue_3ep
+PUBLISHED=$DEST/runs
 if [ "${PUBLISH:-0}" != 1 ]; then
   # On a fresh machine, start from the published slice: a run dir holding a completed results.json is
   # skipped, so those runs are not trained again. Existing run dirs are left as they are.
@@ -41,7 +43,7 @@ else
       mkdir -p "$PUBLISHED/$(dirname "$f")" && cp "$SWEEP_DIR/$f" "$PUBLISHED/$f"
     fi
   done
-  rm -rf docs/results/small_glue_3ep/plots      # only jrft's plots live there; rebuilt from the published runs
-  jrft table "$PUBLISHED" --plot docs/results/small_glue_3ep/plots > /dev/null
+  rm -rf "$DEST/plots"                          # only jrft's plots live there; rebuilt from the published runs
+  jrft table "$PUBLISHED" --plot "$DEST/plots" > /dev/null
   jrft table "$PUBLISHED"                       # quoted in docs/results/small_glue.md
 fi

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
@@ -58,23 +59,25 @@ def test_published_runs_are_completed_summaries_with_the_promised_seeds(grid):
     jr_seeds, baseline_seeds, dp_jr_seeds, dp_baseline_seeds, n_rows = GRIDS[grid]
     runs = _runs(grid)
     assert all(r["status"] == "completed" for r in runs)
-    seeds: dict[tuple, set] = {}
+    seeds: dict[tuple, set] = defaultdict(set)       # (method_label, task, epsilon) -> seeds
+    tasks: dict[tuple, set] = defaultdict(set)       # (method_label, epsilon) -> tasks
+    block_tasks: dict[float | None, set] = defaultdict(set)   # epsilon (None: non-private) -> tasks
+    is_jr = {r["method_label"]: r["method"] in JR_METHODS for r in runs}
     for r in runs:
         eps = r["privacy"]["target_epsilon"] if r["privacy"] else None
-        seeds.setdefault((r["method_label"], r["task"], eps), set()).add(r["seed"])
-    assert len({label for label, _, eps in seeds if eps is None}) == n_rows
+        seeds[(r["method_label"], r["task"], eps)].add(r["seed"])
+        tasks[(r["method_label"], eps)].add(r["task"])
+        block_tasks[eps].add(r["task"])
+    assert len({label for label, eps in tasks if eps is None}) == n_rows
     # every row of a block (non-private, or one epsilon) has every task of that block
-    tasks = {eps: {t for _, t, e in seeds if e == eps} for _, _, eps in seeds}
-    rows = {(label, eps) for label, _, eps in seeds}
-    missing = {(label, eps): tasks[eps] - {t for l, t, e in seeds if (l, e) == (label, eps)} for label, eps in rows}
-    assert not any(missing.values()), {k: v for k, v in missing.items() if v}
+    missing = {row: block_tasks[row[1]] - got for row, got in tasks.items() if block_tasks[row[1]] - got}
+    assert not missing, missing
     short = {}
     for (label, task, eps), got in seeds.items():
-        method = next(r["method"] for r in runs if r["method_label"] == label)
         if eps is None:
-            need = jr_seeds if method in JR_METHODS else baseline_seeds
+            need = jr_seeds if is_jr[label] else baseline_seeds
         else:
-            need = dp_jr_seeds if method in JR_METHODS else dp_baseline_seeds
+            need = dp_jr_seeds if is_jr[label] else dp_baseline_seeds
         if len(got) < need:
             short[(label, task, eps)] = (sorted(got), need)
     assert not short, f"rows with fewer seeds than {DOC.name} promises: {short}"
